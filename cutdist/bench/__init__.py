@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m cutdist.bench {data,train-step,fid} ...``, one JSON line out per run."""

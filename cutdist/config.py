@@ -1,0 +1,419 @@
+"""The whole job as nested dataclasses: YAML file + dotted ``key=value`` overrides, validated up front.
+
+Knows nothing of Ray or torch, so the driver can reject a bad job before any cluster is touched.
+Every problem is reported as one ``ConfigError`` whose message names the offending key.
+
+Fields left ``None`` are filled from the preset named by ``model.mode`` (``cut`` or ``fastcut``,
+Park et al. 2020, Sec. 4 / Table 1) by :func:`resolve`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem; ``str(err)`` is one line naming the key."""
+
+
+# The paper's two settings. CUT: lambda_X=1 with identity PatchNCE on G(y), 200+200 epochs.
+# FastCUT: lambda_X=10, no identity term, flip-equivariance augmentation, 150+50 epochs.
+PRESETS: dict[str, dict[str, Any]] = {
+    "cut": {"loss.lambda_x": 1.0, "loss.identity": True, "loss.flip_equivariance": False,
+            "optim.epochs": 200, "optim.epochs_decay": 200},
+    "fastcut": {"loss.lambda_x": 10.0, "loss.identity": False, "loss.flip_equivariance": True,
+                "optim.epochs": 150, "optim.epochs_decay": 50},
+}
+
+
+def generator_num_layers(n_blocks: int, antialias: bool) -> int:
+    """Length of the ResNet generator's layer list, in the reference implementation's order.
+
+    stem [pad, conv, norm, relu] + 2 downsamplings of [conv, norm, relu(, blurpool)] + n_blocks residual
+    blocks + 2 upsamplings of [(upsample,) conv, norm, relu] + [pad, conv, tanh].
+    """
+    per_resample = 4 if antialias else 3
+    return 4 + 2 * per_resample + n_blocks + 2 * per_resample + 3
+
+
+@dataclass
+class ModelConfig:
+    mode: str = "cut"                 # preset: cut | fastcut
+    ngf: int = 64                     # generator base channels
+    ndf: int = 64                     # discriminator base channels
+    n_blocks: int = 9                 # residual blocks (9 at 256², 6 in the smaller reference setting)
+    n_layers_d: int = 3               # PatchGAN depth (3 = 70x70 receptive field)
+    antialias: bool = True            # blur-pool down / blurred transposed up; False = strided convs
+    init_gain: float = 0.02           # xavier init gain
+    netf_nc: int = 256                # PatchNCE MLP width
+
+
+@dataclass
+class LossConfig:
+    gan_mode: str = "lsgan"           # lsgan | nonsaturating
+    lambda_gan: float = 1.0
+    lambda_x: float | None = None     # PatchNCE weight (preset)
+    identity: bool | None = None      # identity PatchNCE on G(y), lambda_Y = lambda_X (preset)
+    flip_equivariance: bool | None = None  # (preset)
+    nce_layers: list[int] = field(default_factory=lambda: [0, 4, 8, 12, 16])
+    num_patches: int = 256
+    temperature: float = 0.07
+    negatives_from_minibatch: bool = False  # the paper's single-image setting
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    epochs: int | None = None         # epochs at constant lr (preset)
+    epochs_decay: int | None = None   # epochs of linear decay to zero (preset)
+    max_steps: int = 0                # >0 ends training after this many steps (smoke runs, benchmarks)
+    fused: bool = False               # fused Adam kernels (CUDA only)
+
+
+@dataclass
+class DataConfig:
+    root: str = ""                    # shard directory (or URL prefix) holding manifest.parquet
+    train_a: str = ""                 # explicit shard patterns; each overrides what root implies
+    train_b: str = ""
+    test_a: str = ""
+    test_b: str = ""
+    num_train_a: int = 0              # |A| for the epoch length; 0 = count from the manifest
+    load_size: int = 286
+    crop_size: int = 256
+    preprocess: str = "resize_and_crop"  # resize_and_crop | scale_width_and_crop | none
+    no_flip: bool = False
+    batch_size: int = 1               # per rank; PatchNCE's batch is always the per-rank batch
+    loader_workers: int = 2           # DataLoader worker processes per rank
+    shuffle_buffer: int = 100
+    synth_if_missing: bool = False    # demo: synthesise the demo shards into root when absent
+    synth_count: int = 400            # images per training domain when synthesising
+    synth_size: int = 64
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    num_workers: int = 1              # Ray Train workers (ranks)
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
+    strategy: str = "ddp"             # ddp | deepspeed
+    precision: str = "fp32"           # fp32 | bf16 (autocast; PatchNCE logits stay fp32)
+    channels_last: bool = False
+    compile: bool = False             # torch.compile G, D, F (eager with a warning if it fails)
+    zero_stage: int = 1               # DeepSpeed ZeRO stage: 0 or 1 (2+ is refused, DeepSpeed#4923)
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 1000
+    num_to_keep: int = 2
+    resume_from: str = ""             # a checkpoint directory or a run directory
+    max_failures: int = 0             # worker-group restarts Ray Train may make
+
+
+@dataclass
+class LoggingConfig:
+    every_steps: int = 100            # losses, lr, images/s, ETA (console + TensorBoard)
+    sample_every_steps: int = 1000    # sample grid PNG + TensorBoard image
+    tensorboard: bool = True
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True
+    every: int = 0                    # FID every N epochs (0 = only at the end)
+    inception_weights: str = "auto"   # a .pth path | auto (torch hub cache) | random (labelled, offline)
+    batch_size: int = 50
+    max_images: int = 0               # 0 = the whole test split
+    cache_dir: str = ""               # reference-statistics cache; "" = beside the shards
+
+
+@dataclass
+class JobConfig:
+    name: str = "cutdist"
+    storage_path: str = "~/cutdist_runs"   # Ray RunConfig storage_path (local dir or s3://, gs://)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------------------------- parsing
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats, nothing else is coerced."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError as err:
+                errors.append(err)
+        raise errors[0]
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+    if origin is dict:
+        k_tp, v_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {_coerce(key, k, k_tp): _coerce(f"{key}.{k}", v, v_tp) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(float(value)):
+                raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _set(obj: Any, dotted: str, value: Any, prefix: str = "") -> None:
+    head, _, rest = dotted.partition(".")
+    full = f"{prefix}{head}"
+    hints = _hints(type(obj))
+    if head not in hints:
+        raise ConfigError(f"{full}: unknown key (known: {', '.join(hints)})")
+    tp = hints[head]
+    if dataclasses.is_dataclass(tp):
+        sub = getattr(obj, head)
+        if rest:
+            _set(sub, rest, value, prefix=f"{full}.")
+            return
+        if not isinstance(value, dict):
+            raise ConfigError(f"{full}: expected a mapping of its keys, got {value!r}")
+        for k, v in value.items():
+            _set(sub, str(k), v, prefix=f"{full}.")
+        return
+    if rest:
+        if typing.get_origin(tp) is dict:
+            current = dict(getattr(obj, head))
+            current[rest] = value
+            setattr(obj, head, _coerce(full, current, tp))
+            return
+        raise ConfigError(f"{full}.{rest}: unknown key ({full} has no sub-keys)")
+    setattr(obj, head, _coerce(full, value, tp))
+
+
+def get(cfg: JobConfig, dotted: str) -> Any:
+    obj: Any = cfg
+    for part in dotted.split("."):
+        if not (dataclasses.is_dataclass(obj) and part in _hints(type(obj))):
+            raise ConfigError(f"{dotted}: unknown key")
+        obj = getattr(obj, part)
+    return obj
+
+
+def apply(cfg: JobConfig, values: dict[str, Any]) -> JobConfig:
+    """Apply a nested mapping and/or dotted keys onto ``cfg`` (in place) and return it."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"config: expected a mapping at the top level, got {type(values).__name__}")
+    for k, v in values.items():
+        _set(cfg, str(k), v)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``loss.lambda_x=2`` -> (``loss.lambda_x``, 2); the value is read as YAML (``[0,4]``, ``true``, ``1e-3``)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{text}: an override must look like key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{key}: cannot read value {raw!r} ({err.__class__.__name__})") from None
+    if isinstance(value, str) and _looks_like_float(value):
+        value = float(value)   # YAML 1.1 reads "1e-3" as a string
+    return key.strip(), value
+
+
+def _looks_like_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return any(c in text.lower() for c in "e.") and not text.lower().startswith(("inf", "nan", "-inf"))
+
+
+def load(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
+         *, validate_config: bool = True) -> JobConfig:
+    """Read a job: defaults <- YAML file <- overrides; then the preset fills what is unset; then validate."""
+    cfg = JobConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"--config: no such file {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        apply(cfg, _fix_floats(data))
+    if isinstance(overrides, dict):
+        apply(cfg, overrides)
+    else:
+        for text in overrides or []:
+            apply(cfg, dict([parse_override(text)]))
+    resolve(cfg)
+    if validate_config:
+        validate(cfg)
+    return cfg
+
+
+def from_dict(values: dict[str, Any], *, validate_config: bool = True) -> JobConfig:
+    cfg = apply(JobConfig(), _fix_floats(values))
+    resolve(cfg)
+    if validate_config:
+        validate(cfg)
+    return cfg
+
+
+def _fix_floats(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _fix_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fix_floats(v) for v in value]
+    if isinstance(value, str) and _looks_like_float(value):
+        return float(value)
+    return value
+
+
+def resolve(cfg: JobConfig) -> JobConfig:
+    """Fill every ``None`` field from the preset named by ``model.mode``."""
+    if cfg.model.mode not in PRESETS:
+        raise ConfigError(f"model.mode: must be one of {sorted(PRESETS)}, got {cfg.model.mode!r}")
+    for dotted, value in PRESETS[cfg.model.mode].items():
+        section, name = dotted.split(".")
+        if getattr(getattr(cfg, section), name) is None:
+            setattr(getattr(cfg, section), name, value)
+    return cfg
+
+
+# -------------------------------------------------------------------------------------------- validation
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _one_of(cfg: JobConfig, key: str, allowed: list[Any]) -> None:
+    value = get(cfg, key)
+    _check(value in allowed, key, f"must be one of {allowed}, got {value!r}")
+
+
+def validate(cfg: JobConfig) -> JobConfig:
+    m, lo, o, d, t, c, lg, e = (cfg.model, cfg.loss, cfg.optim, cfg.data, cfg.train, cfg.checkpoint,
+                               cfg.logging, cfg.eval)
+    _check(bool(cfg.name) and "/" not in cfg.name, "name", f"must be a non-empty name without '/', got {cfg.name!r}")
+    _one_of(cfg, "model.mode", sorted(PRESETS))
+    for key in ("model.ngf", "model.ndf", "model.netf_nc", "model.n_layers_d"):
+        _check(get(cfg, key) >= 1, key, f"must be >= 1, got {get(cfg, key)}")
+    _check(m.n_blocks >= 1, "model.n_blocks", f"must be >= 1, got {m.n_blocks}")
+    _check(m.init_gain > 0, "model.init_gain", f"must be > 0, got {m.init_gain}")
+
+    _one_of(cfg, "loss.gan_mode", ["lsgan", "nonsaturating"])
+    for key in ("loss.lambda_gan", "loss.lambda_x"):
+        _check(get(cfg, key) >= 0, key, f"must be >= 0, got {get(cfg, key)}")
+    _check(lo.num_patches >= 1, "loss.num_patches", f"must be >= 1, got {lo.num_patches}")
+    _check(lo.temperature > 0, "loss.temperature", f"must be > 0, got {lo.temperature}")
+    n_layers = generator_num_layers(m.n_blocks, m.antialias)
+    _check(len(lo.nce_layers) >= 1, "loss.nce_layers", "must name at least one generator layer")
+    _check(len(set(lo.nce_layers)) == len(lo.nce_layers), "loss.nce_layers", f"has duplicates: {lo.nce_layers}")
+    for i in lo.nce_layers:
+        _check(0 <= i < n_layers, "loss.nce_layers",
+               f"layer {i} does not exist: the generator (n_blocks={m.n_blocks}, antialias={m.antialias}) "
+               f"has layers 0..{n_layers - 1}")
+
+    _check(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
+    for key in ("optim.beta1", "optim.beta2"):
+        _check(0 <= get(cfg, key) < 1, key, f"must be in [0, 1), got {get(cfg, key)}")
+    _check(o.epochs >= 0, "optim.epochs", f"must be >= 0, got {o.epochs}")
+    _check(o.epochs_decay >= 0, "optim.epochs_decay", f"must be >= 0, got {o.epochs_decay}")
+    _check(o.epochs + o.epochs_decay >= 1 or o.max_steps > 0, "optim.epochs",
+           "epochs + epochs_decay must be >= 1 (or set optim.max_steps)")
+    _check(o.max_steps >= 0, "optim.max_steps", f"must be >= 0, got {o.max_steps}")
+
+    _check(bool(d.root) or bool(d.train_a and d.train_b), "data.root",
+           "set data.root (a shard directory) or both data.train_a and data.train_b")
+    _check(d.num_train_a >= 0, "data.num_train_a", f"must be >= 0, got {d.num_train_a}")
+    _one_of(cfg, "data.preprocess", ["resize_and_crop", "scale_width_and_crop", "none"])
+    _check(d.crop_size >= 4, "data.crop_size", f"must be >= 4, got {d.crop_size}")
+    _check(d.crop_size % 4 == 0, "data.crop_size",
+           f"must be a multiple of 4 (two down-samplings), got {d.crop_size}")
+    _check(d.load_size >= 1, "data.load_size", f"must be >= 1, got {d.load_size}")
+    if d.preprocess != "none":
+        _check(d.crop_size <= d.load_size, "data.crop_size",
+               f"crop {d.crop_size} is larger than data.load_size {d.load_size}")
+    _check(d.batch_size >= 1, "data.batch_size", f"must be >= 1, got {d.batch_size}")
+    _check(d.loader_workers >= 0, "data.loader_workers", f"must be >= 0, got {d.loader_workers}")
+    _check(d.shuffle_buffer >= 0, "data.shuffle_buffer", f"must be >= 0, got {d.shuffle_buffer}")
+    _check(d.synth_count >= 2, "data.synth_count", f"must be >= 2, got {d.synth_count}")
+    _check(d.synth_size >= 16 and d.synth_size % 4 == 0, "data.synth_size",
+           f"must be a multiple of 4, >= 16, got {d.synth_size}")
+
+    _check(t.num_workers >= 1, "train.num_workers", f"must be >= 1, got {t.num_workers}")
+    _one_of(cfg, "train.strategy", ["ddp", "deepspeed"])
+    _one_of(cfg, "train.precision", ["fp32", "bf16"])
+    _check(t.zero_stage in (0, 1), "train.zero_stage",
+           f"ZeRO stage {t.zero_stage} is not supported: two DeepSpeed engines (D and G+F) are broken across "
+           "ranks at stage 2+ (DeepSpeed#4923); use 0 or 1")
+    for k, v in t.resources_per_worker.items():
+        _check(v >= 0, f"train.resources_per_worker.{k}", f"must be >= 0, got {v}")
+
+    _check(c.every_steps >= 1, "checkpoint.every_steps", f"must be >= 1, got {c.every_steps}")
+    _check(c.num_to_keep >= 1, "checkpoint.num_to_keep", f"must be >= 1, got {c.num_to_keep}")
+    _check(c.max_failures >= -1, "checkpoint.max_failures", f"must be >= -1 (-1 = retry forever), got {c.max_failures}")
+    _check(lg.every_steps >= 1, "logging.every_steps", f"must be >= 1, got {lg.every_steps}")
+    _check(lg.sample_every_steps >= 1, "logging.sample_every_steps", f"must be >= 1, got {lg.sample_every_steps}")
+    _check(e.every >= 0, "eval.every", f"must be >= 0, got {e.every}")
+    _check(e.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {e.batch_size}")
+    _check(e.max_images >= 0, "eval.max_images", f"must be >= 0, got {e.max_images}")
+    _check(bool(e.inception_weights), "eval.inception_weights", "must be a path, 'auto' or 'random'")
+    return cfg

@@ -1,0 +1,145 @@
+"""The demo domains: flat-coloured shapes (A) -> the same family of shapes with zebra stripes (B).
+
+Everything is drawn procedurally from a seed, so the demo and the tests need no download. Each image is one
+smooth shape (ellipse, rounded box, triangle or blob) on a varied background (a two-colour gradient with
+low-frequency mottling). Domain A fills the shape with one flat colour; domain B fills it with black/white
+stripes of a random orientation and period. For the test split, every A image also gets its ground truth:
+the same scene (same background, same shape) with the stripes, so translation quality can be measured.
+
+The renderers here are pure numpy; writing them as shards is ``write_synth_dataset`` below.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+SUPERSAMPLE = 2   # render at 2x and downsample for smooth edges
+
+
+@dataclass
+class Scene:
+    """Everything that defines one image, drawn from an rng; rendering is deterministic given the scene."""
+    size: int
+    bg_a: np.ndarray          # two background colours, float RGB in [0, 1]
+    bg_b: np.ndarray
+    bg_angle: float
+    mottle: np.ndarray        # low-res noise field upsampled for mottling
+    shape: str
+    cx: float
+    cy: float
+    radius: float
+    aspect: float
+    rotation: float
+    wobble: np.ndarray        # blob harmonics
+    fill: np.ndarray          # flat colour of domain A
+    stripe_angle: float
+    stripe_period: float      # in pixels at the output size
+    stripe_phase: float
+
+
+SHAPES = ("ellipse", "box", "triangle", "blob")
+
+
+def draw_scene(rng: np.random.Generator, size: int) -> Scene:
+    hue_pair = rng.uniform(0.25, 0.95, size=(2, 3))
+    fill = _saturated_colour(rng)
+    return Scene(
+        size=size,
+        bg_a=hue_pair[0], bg_b=hue_pair[1], bg_angle=float(rng.uniform(0, 2 * np.pi)),
+        mottle=rng.normal(0, 0.06, size=(4, 4, 3)),
+        shape=str(rng.choice(SHAPES)),
+        cx=float(rng.uniform(0.35, 0.65)), cy=float(rng.uniform(0.35, 0.65)),
+        radius=float(rng.uniform(0.2, 0.32)), aspect=float(rng.uniform(0.7, 1.3)),
+        rotation=float(rng.uniform(0, np.pi)),
+        wobble=rng.normal(0, 0.12, size=(3, 2)),
+        fill=fill,
+        stripe_angle=float(rng.uniform(0, np.pi)),
+        stripe_period=float(rng.uniform(0.09, 0.14) * size),
+        stripe_phase=float(rng.uniform(0, 1)),
+    )
+
+
+def _saturated_colour(rng: np.random.Generator) -> np.ndarray:
+    import colorsys
+    h, s, v = rng.uniform(0, 1), rng.uniform(0.6, 1.0), rng.uniform(0.45, 0.9)
+    return np.array(colorsys.hsv_to_rgb(h, s, v))
+
+
+def _grid(n: int) -> tuple[np.ndarray, np.ndarray]:
+    coords = (np.arange(n) + 0.5) / n
+    return np.meshgrid(coords, coords)   # x, y in [0, 1]
+
+
+def _background(scene: Scene, n: int) -> np.ndarray:
+    x, y = _grid(n)
+    t = (np.cos(scene.bg_angle) * (x - 0.5) + np.sin(scene.bg_angle) * (y - 0.5)) + 0.5
+    t = np.clip(t, 0, 1)[..., None]
+    img = scene.bg_a * (1 - t) + scene.bg_b * t
+    mottle = np.asarray(Image.fromarray(((scene.mottle + 0.5) * 255).clip(0, 255).astype(np.uint8))
+                        .resize((n, n), Image.BICUBIC), dtype=np.float64) / 255 - 0.5
+    return img + mottle
+
+
+def _mask(scene: Scene, n: int) -> np.ndarray:
+    x, y = _grid(n)
+    dx, dy = x - scene.cx, y - scene.cy
+    c, s = np.cos(scene.rotation), np.sin(scene.rotation)
+    u, v = (c * dx + s * dy) / scene.aspect, (-s * dx + c * dy) * scene.aspect
+    r = scene.radius
+    if scene.shape == "ellipse":
+        return (u ** 2 + v ** 2) <= r ** 2
+    if scene.shape == "box":
+        p = 4.0   # a superellipse: a box with rounded corners
+        return (np.abs(u / (0.85 * r)) ** p + np.abs(v / (0.85 * r)) ** p) <= 1
+    if scene.shape == "triangle":
+        inside = np.ones_like(u, dtype=bool)
+        for k in range(3):
+            a = 2 * np.pi * k / 3 + np.pi / 2
+            inside &= (np.cos(a) * u + np.sin(a) * v) <= 0.55 * r
+        return inside
+    theta = np.arctan2(v, u)
+    radius = r * (1 + sum(w[0] * np.cos((k + 2) * theta) + w[1] * np.sin((k + 2) * theta)
+                          for k, w in enumerate(scene.wobble)))
+    return np.hypot(u, v) <= radius
+
+
+def _stripes(scene: Scene, n: int) -> np.ndarray:
+    x, y = _grid(n)
+    period = scene.stripe_period / scene.size
+    t = (np.cos(scene.stripe_angle) * x + np.sin(scene.stripe_angle) * y) / period + scene.stripe_phase
+    on = (t % 1.0) < 0.5
+    return np.where(on, 0.93, 0.07)[..., None] * np.ones(3)
+
+
+def render(scene: Scene, domain: str) -> np.ndarray:
+    """The scene as an ``H x W x 3`` uint8 image; ``domain`` is ``"A"`` (flat fill) or ``"B"`` (stripes)."""
+    n = scene.size * SUPERSAMPLE
+    img = _background(scene, n)
+    mask = _mask(scene, n)[..., None]
+    fill = scene.fill * np.ones((n, n, 3)) if domain == "A" else _stripes(scene, n)
+    img = np.where(mask, fill, img)
+    big = Image.fromarray((img.clip(0, 1) * 255 + 0.5).astype(np.uint8))
+    return np.asarray(big.resize((scene.size, scene.size), Image.LANCZOS))
+
+
+def render_mask(scene: Scene) -> np.ndarray:
+    """The shape's mask at the output size (bool, H x W)."""
+    return _mask(scene, scene.size)
+
+
+def scene_rng(seed: int, split: str, domain: str, index: int) -> np.random.Generator:
+    """Independent, reproducible stream per image: unpaired training domains never share scenes."""
+    tag = sum(ord(ch) * 31 ** i for i, ch in enumerate(f"{split}/{domain}")) % (2 ** 31)
+    return np.random.default_rng([seed, tag, index])
+
+
+def synth_image(seed: int, split: str, domain: str, index: int, size: int) -> np.ndarray:
+    return render(draw_scene(scene_rng(seed, split, domain, index), size), domain)
+
+
+def synth_test_pair(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A test image of domain A and its ground-truth translation (same scene, striped)."""
+    scene = draw_scene(scene_rng(seed, "test", "A", index), size)
+    return render(scene, "A"), render(scene, "B")
