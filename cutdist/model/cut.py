@@ -1,0 +1,187 @@
+"""The CUT / FastCUT objective and ONE training step (Park et al. 2020, Sec. 3 and Eq. 5), read top to bottom:
+
+    D step:    L_D   = 1/2 [ GAN(D(y), real) + GAN(D(G(x).detach()), fake) ]
+    G+F step:  L_G   = lambda_GAN * GAN(D(G(x)), real) + L_NCE
+               L_NCE = lambda_X * PatchNCE(G(x), x)                               (FastCUT)
+                     = 1/2 [ lambda_X * PatchNCE(G(x), x) + lambda_X * PatchNCE(G(y), y) ]   (CUT, identity)
+
+PatchNCE(target, source): query features from G_enc(target), key features from G_enc(source), sampled at the
+same locations by F, averaged over the taps. With flip-equivariance (FastCUT) a fair coin flips the generator's
+input horizontally; the query features of G(flip(x)) are flipped back before they are compared with x's.
+
+The step knows nothing of Ray, DDP or DeepSpeed: an ``Updater`` does zero_grad/backward/step per group
+("d" = D, "gf" = G and F); the networks may be wrapped and are only called through their forward.
+The reference keeps separate Adam optimisers for G and F; Adam is elementwise, so one Adam over G and F
+(``make_optimizers``) takes identical steps.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from cutdist.config import LossConfig, OptimConfig
+from cutdist.model.losses import GANLoss
+from cutdist.model.networks import CUTNets
+from cutdist.model.patchnce import patchnce_loss
+
+GROUPS = ("d", "gf")
+PRECISIONS = ("fp32", "bf16")
+
+
+class Updater(Protocol):
+    """How a step's gradients are made and applied, per parameter group ("d" or "gf")."""
+
+    def zero_grad(self, group: str) -> None: ...
+
+    def backward(self, group: str, loss: torch.Tensor) -> None: ...
+
+    def step(self, group: str) -> None: ...
+
+
+class LocalUpdater:
+    """One process, plain autograd: ``loss.backward()`` and ``optimizer.step()``."""
+
+    def __init__(self, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+        if set(optimizers) != set(GROUPS):
+            raise ValueError(f"LocalUpdater: needs optimizers for groups {list(GROUPS)}, got {sorted(optimizers)}")
+        self.optimizers = optimizers
+
+    def zero_grad(self, group: str) -> None:
+        self.optimizers[group].zero_grad(set_to_none=True)
+
+    def backward(self, group: str, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self, group: str) -> None:
+        self.optimizers[group].step()
+
+
+def make_optimizers(nets: CUTNets, optim_cfg: OptimConfig, fused: bool = False) -> dict[str, torch.optim.Optimizer]:
+    """{"d": Adam(D), "gf": Adam over G (param group 0) and F (param group 1)}, lr and betas from ``optim_cfg``."""
+    kwargs = dict(lr=optim_cfg.lr, betas=(optim_cfg.beta1, optim_cfg.beta2), fused=fused)
+    return {
+        "d": torch.optim.Adam(nets.d.parameters(), **kwargs),
+        "gf": torch.optim.Adam([{"params": list(nets.g.parameters())}, {"params": list(nets.f.parameters())}],
+                               **kwargs),
+    }
+
+
+def lr_factor(epoch: int, epochs: int, epochs_decay: int) -> float:
+    """The reference's 'linear' policy: lr factor for the epoch ``epoch`` (counted from 0).
+
+    The reference computes ``1 - max(0, e + epoch_count - n_epochs) / (n_epochs_decay + 1)`` with its scheduler
+    index e = 0 during the first epoch (epoch_count = 1, stepped at the end of every epoch). Our epoch ``i``
+    (0-based) is its e = i, so the factor is ``1 - max(0, i + 1 - epochs) / (epochs_decay + 1)``: 1 for epochs
+    0 .. epochs-1, then 1 - 1/(d+1), ..., 1/(d+1) in the last epoch (epochs + epochs_decay - 1). Beyond the
+    schedule it is clamped at 0 (the reference would go negative; it never trains that long).
+    """
+    if epoch < 0 or epochs < 0 or epochs_decay < 0:
+        raise ValueError(f"lr_factor: negative argument (epoch={epoch}, epochs={epochs}, epochs_decay={epochs_decay})")
+    return max(0.0, 1.0 - max(0, epoch + 1 - epochs) / float(epochs_decay + 1))
+
+
+def _set_requires_grad(net: nn.Module, flag: bool) -> None:
+    for p in net.parameters():
+        p.requires_grad_(flag)
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def patchnce_term(nets: CUTNets, source: torch.Tensor, target: torch.Tensor, loss_cfg: LossConfig, *,
+                  generator: torch.Generator | None, flipped: bool) -> torch.Tensor:
+    """lambda_X * PatchNCE between G_enc(target) (queries) and G_enc(source) (keys), averaged over the taps.
+
+    ``target`` = G(source) or, when ``flipped``, G(flip(source)); its features are then flipped back so that each
+    query sits at its key's location (flip-equivariance).
+    """
+    layers = list(loss_cfg.nce_layers)
+    feat_q = nets.g(target, layers, encode_only=True)
+    if flipped:
+        feat_q = [torch.flip(fq, [3]) for fq in feat_q]
+    feat_k = nets.g(source, layers, encode_only=True)
+    pool_k, patch_ids = nets.f(feat_k, loss_cfg.num_patches, None, generator)
+    pool_q, _ = nets.f(feat_q, loss_cfg.num_patches, patch_ids)
+    # The batch of the contrastive loss is the per-rank batch; 1 = negatives from the whole batch.
+    batch = 1 if loss_cfg.negatives_from_minibatch else source.shape[0]
+    total = source.new_zeros((), dtype=torch.float32)
+    for q, k in zip(pool_q, pool_k):
+        total = total + (patchnce_loss(q, k, loss_cfg.temperature, batch) * loss_cfg.lambda_x).mean()
+    return total / len(layers)
+
+
+def cut_step(nets: CUTNets, updater: Updater, real_a: torch.Tensor, real_b: torch.Tensor, loss_cfg: LossConfig, *,
+             generator: torch.Generator | None, flip_generator: torch.Generator | None = None,
+             precision: str = "fp32", d_for_g: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """One CUT iteration: D update on (real y, detached G(x)), then G+F update. Returns DETACHED losses
+    (``d``, ``d_real``, ``d_fake``, ``g_gan``, ``nce``, ``nce_y`` with the identity term, ``g_total``); ``nce`` and
+    ``nce_y`` include lambda_X, as the reference logs them.
+
+    ``generator``: torch.Generator on the data's device for the patch locations. ``flip_generator``: CPU generator
+    for the flip coin (None = torch's global CPU generator). ``precision``: "fp32" or "bf16" (autocast around the
+    forwards; PatchNCE in float32). ``d_for_g``: the UNWRAPPED discriminator used for G's adversarial term (its
+    requires_grad is switched off meanwhile); defaults to ``nets.d``.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"cut_step: precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if loss_cfg.lambda_x is None or loss_cfg.identity is None or loss_cfg.flip_equivariance is None:
+        raise ValueError("cut_step: loss_cfg has unresolved preset fields (lambda_x, identity, flip_equivariance); "
+                         "load the config through cutdist.config")
+    if loss_cfg.lambda_gan <= 0 and loss_cfg.lambda_x <= 0:
+        raise ValueError("cut_step: loss.lambda_gan and loss.lambda_x are both 0: the generator has nothing to learn")
+    d_for_g = nets.d if d_for_g is None else d_for_g
+    gan = GANLoss(loss_cfg.gan_mode)
+    use_nce = loss_cfg.lambda_x > 0
+    use_identity = loss_cfg.identity and use_nce
+    autocast = _autocast(real_a.device, precision)
+    n_a = real_a.shape[0]
+
+    # G(x) (and G(y) for the identity term) in one forward; FastCUT flips the input on a fair coin.
+    real = torch.cat((real_a, real_b), dim=0) if use_identity else real_a
+    flipped = bool(loss_cfg.flip_equivariance) and bool(torch.rand((), generator=flip_generator) < 0.5)
+    if flipped:
+        real = torch.flip(real, [3])
+    with autocast:
+        fake = nets.g(real)
+    fake_b = fake[:n_a]
+    idt_b = fake[n_a:] if use_identity else None
+
+    # D step: real y -> 1, G(x) (detached) -> 0.
+    _set_requires_grad(d_for_g, True)
+    updater.zero_grad("d")
+    with autocast:
+        loss_d_fake = gan(nets.d(fake_b.detach()), False)
+        loss_d_real = gan(nets.d(real_b), True)
+        loss_d = (loss_d_fake + loss_d_real) * 0.5
+    updater.backward("d", loss_d)
+    updater.step("d")
+
+    # G+F step: fool the (just updated) D through the unwrapped module, plus PatchNCE.
+    _set_requires_grad(d_for_g, False)
+    updater.zero_grad("gf")
+    zero = real_a.new_zeros((), dtype=torch.float32)
+    with autocast:
+        loss_g_gan = gan(d_for_g(fake_b), True) * loss_cfg.lambda_gan if loss_cfg.lambda_gan > 0 else zero
+        loss_nce = patchnce_term(nets, real_a, fake_b, loss_cfg, generator=generator, flipped=flipped) \
+            if use_nce else zero
+        if use_identity:
+            loss_nce_y = patchnce_term(nets, real_b, idt_b, loss_cfg, generator=generator, flipped=flipped)
+            loss_nce_both = (loss_nce + loss_nce_y) * 0.5
+        else:
+            loss_nce_both = loss_nce
+        loss_g = loss_g_gan + loss_nce_both
+    updater.backward("gf", loss_g)
+    updater.step("gf")
+    _set_requires_grad(d_for_g, True)
+
+    losses = {"d": loss_d, "d_real": loss_d_real, "d_fake": loss_d_fake, "g_gan": loss_g_gan, "nce": loss_nce,
+              "g_total": loss_g}
+    if use_identity:
+        losses["nce_y"] = loss_nce_y
+    return {k: v.detach() for k, v in losses.items()}

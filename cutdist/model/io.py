@@ -1,0 +1,152 @@
+"""The MODEL part of a cutdist checkpoint.
+
+A cutdist checkpoint is a directory; its ``model.pt`` holds::
+
+    {"format": "cutdist-model-v1", "g": state_dict, "d": state_dict | None, "f": state_dict | None,
+     "config": JobConfig.to_dict(), "step": int, "epoch": int, "source": str}
+
+Plain CPU tensors only (read back with ``torch.load(weights_only=True)``), written atomically (temp file in the
+same directory + ``os.replace``). Keys are saved without a leading ``module.`` / ``_orig_mod.`` so wrapped
+(DDP, DeepSpeed, torch.compile) and plain models save the same file. Training state lives beside it (train/).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cutdist import config as config_mod
+from cutdist.config import JobConfig
+from cutdist.model.networks import CUTNets, ResnetGenerator, build_generator
+
+MODEL_FILE = "model.pt"
+FORMAT = "cutdist-model-v1"
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+class ModelIOError(ValueError):
+    """A checkpoint that cannot be written or read; the message is one line naming the file."""
+
+
+def strip_wrapper_prefix(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix):], True
+    return key
+
+
+def plain_state_dict(obj: nn.Module | Mapping[str, Any] | None, name: str = "state dict") -> dict[str, torch.Tensor] | None:
+    """A module's (or a state dict's) tensors on the CPU, with wrapper prefixes stripped from the keys."""
+    if obj is None:
+        return None
+    state = obj.state_dict() if isinstance(obj, nn.Module) else obj
+    if not isinstance(state, Mapping):
+        raise ModelIOError(f"{name}: expected a module or a state dict, got {type(obj).__name__}")
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise ModelIOError(f"{name}: entry {key!r} is a {type(value).__name__}, not a tensor")
+        plain = strip_wrapper_prefix(key)
+        if plain in out:
+            raise ModelIOError(f"{name}: keys {key!r} and another both map to {plain!r}")
+        out[plain] = value.detach().cpu()
+    return out
+
+
+def model_file(ckpt: str | Path) -> Path:
+    """``ckpt`` may be the checkpoint directory or its model.pt."""
+    path = Path(ckpt).expanduser()
+    return path if path.suffix == ".pt" and not path.is_dir() else path / MODEL_FILE
+
+
+def save_model(ckpt_dir: str | Path, nets_or_state_dicts: CUTNets | Mapping[str, Any], cfg: JobConfig, step: int,
+               epoch: int, source: str = "cutdist") -> Path:
+    """Write ``ckpt_dir/model.pt`` atomically and return its path. ``nets_or_state_dicts``: CUTNets, or a mapping
+    with "g" (required), "d", "f" holding modules, state dicts or None."""
+    if isinstance(nets_or_state_dicts, CUTNets):
+        parts: Mapping[str, Any] = {"g": nets_or_state_dicts.g, "d": nets_or_state_dicts.d, "f": nets_or_state_dicts.f}
+    else:
+        parts = nets_or_state_dicts
+        unknown = sorted(set(parts) - {"g", "d", "f"})
+        if unknown:
+            raise ModelIOError(f"save_model: unknown parts {unknown} (expected g, d, f)")
+    if parts.get("g") is None:
+        raise ModelIOError("save_model: the generator ('g') is required")
+    payload = {
+        "format": FORMAT,
+        "g": plain_state_dict(parts["g"], "g"),
+        "d": plain_state_dict(parts.get("d"), "d"),
+        "f": plain_state_dict(parts.get("f"), "f"),
+        "config": cfg.to_dict(),
+        "step": int(step),
+        "epoch": int(epoch),
+        "source": str(source),
+    }
+    ckpt_dir = Path(ckpt_dir).expanduser()
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    final = ckpt_dir / MODEL_FILE
+    tmp = ckpt_dir / f".{MODEL_FILE}.tmp-{os.getpid()}"
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final
+
+
+def load_model(ckpt_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], JobConfig]:
+    """Read ``model.pt`` (weights only) -> (payload dict, its JobConfig)."""
+    path = model_file(ckpt_dir)
+    if not path.is_file():
+        raise ModelIOError(f"{path}: no such file (a cutdist checkpoint is a directory holding {MODEL_FILE})")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file becomes one clear line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelIOError(f"{path}: cannot read ({first})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ModelIOError(f"{path}: not a {FORMAT} file (format: {found!r})")
+    missing = [k for k in ("g", "config", "step", "epoch") if k not in payload]
+    if missing or not isinstance(payload["g"], Mapping):
+        raise ModelIOError(f"{path}: incomplete checkpoint (missing {missing or ['g state dict']})")
+    try:
+        cfg = config_mod.from_dict(payload["config"], validate_config=False)
+    except config_mod.ConfigError as err:
+        raise ModelIOError(f"{path}: stored config: {err}") from None
+    return payload, cfg
+
+
+def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
+    """Raise ModelIOError listing missing / unexpected keys and shape mismatches (strict loading, one line)."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+                    for k in set(expected) & set(state) if state[k].shape != expected[k].shape)
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected}")
+    if shapes:
+        problems.append(f"shape mismatches (stored vs expected) {shapes}")
+    if problems:
+        raise ModelIOError(f"{what}: " + "; ".join(problems))
+
+
+def load_generator(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> tuple[ResnetGenerator, JobConfig]:
+    """The checkpoint's generator, built from its stored config, on ``device``, in eval mode, frozen."""
+    payload, cfg = load_model(ckpt_dir)
+    g = build_generator(cfg)
+    check_state_dict(g, payload["g"], f"{model_file(ckpt_dir)}: generator")
+    g.load_state_dict(payload["g"])
+    g.to(device).eval().requires_grad_(False)
+    return g, cfg
