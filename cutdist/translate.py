@@ -1,0 +1,250 @@
+"""``python -m cutdist.translate --checkpoint CKPT --input PATH --output DIR [--size S] [--batch-size B]
+[--device D]``: run a checkpoint's generator over images and write PNGs.
+
+Inputs (``--input``):
+- one image file -> ``DIR/<stem>.png``;
+- a folder of images, searched recursively -> ``DIR/<relative folder>/<stem>.png``;
+- a ``.tar`` shard, or a quoted glob of shards (``'shards/testA-*.tar'``) -> ``DIR/<sample key>.png``;
+- a shard folder (holding ``*.tar``) -> ``DIR/<split>/<sample key>.png`` (split = shard name without ``-NNNNNN``).
+
+Preprocessing is the reference's test-time transform: RGB; with ``--size S`` a bicubic resize to S x S (the
+reference tests at load_size = crop_size), otherwise full resolution (the generator is fully convolutional);
+then each side rounded to a multiple of 4 (bicubic resize when needed); scaled to [-1, 1]. Outputs are written at
+that size, converted to 8 bits as the reference's ``tensor2im`` does ((y + 1) / 2 * 255, truncated).
+
+A corrupt or non-image file (or a shard sample without an image) is reported on stderr and skipped.
+Exit status: 0 all translated; 1 some inputs were skipped; 2 usage error (bad checkpoint, no input found).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import io
+import re
+import sys
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from cutdist.model.io import ModelIOError, load_generator
+
+IMAGE_EXTENSIONS = {"jpg", "jpeg", "png", "ppm", "pgm", "pbm", "bmp", "webp", "tif", "tiff", "gif"}
+_SHARD_INDEX = re.compile(r"-\d+$")
+# WebDataset's sample naming: key = path up to the first dot of the file name, extension = the rest.
+_KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
+
+
+@dataclass
+class Item:
+    """One input: where its output goes (relative path without extension), a label for messages, its bytes."""
+    out_stem: str
+    label: str
+    data: bytes | None
+    problem: str = ""
+
+
+def _file_item(path: Path, out_stem: str) -> Item:
+    try:
+        return Item(out_stem, str(path), path.read_bytes())
+    except OSError as err:
+        return Item(out_stem, str(path), None, f"cannot read ({err.strerror or err})")
+
+
+def _shard_items(shard: Path, prefix: str) -> Iterator[Item]:
+    try:
+        with tarfile.open(shard) as tar:
+            samples: dict[str, dict[str, tarfile.TarInfo]] = {}
+            for member in tar:
+                if not member.isfile():
+                    continue
+                m = _KEY_EXT.match(member.name)
+                if m is None:
+                    continue
+                samples.setdefault(m.group(1), {})[m.group(2).lower()] = member
+            for key, members in samples.items():
+                label = f"{shard} key {key}"
+                ext = next((e for e in members if e in IMAGE_EXTENSIONS), None)
+                if ext is None:
+                    yield Item(prefix + key, label, None, f"no image member (has {sorted(members)})")
+                    continue
+                handle = tar.extractfile(members[ext])
+                yield Item(prefix + key, label, handle.read() if handle else None)
+    except (tarfile.TarError, OSError) as err:
+        yield Item(prefix + "?", str(shard), None, f"unreadable shard ({err})")
+
+
+def _count_shard(shard: Path) -> int:
+    try:
+        with tarfile.open(shard) as tar:
+            return len({m.group(1) for t in tar if t.isfile() and (m := _KEY_EXT.match(t.name))}) or 1
+    except (tarfile.TarError, OSError):
+        return 1
+
+
+class InputError(ValueError):
+    """``--input`` names nothing translatable."""
+
+
+def collect_inputs(spec: str) -> tuple[int, Iterator[Item]]:
+    """(number of inputs, the inputs) for an image, an image folder, a shard, a shard glob or a shard folder."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        if path.suffix.lower() == ".tar":
+            return _count_shard(path), _shard_items(path, "")
+        return 1, iter([_file_item(path, path.stem)])
+    if path.is_dir():
+        shards = sorted(path.glob("*.tar"))
+        if shards:
+            total = sum(_count_shard(s) for s in shards)
+            return total, (it for s in shards for it in _shard_items(s, _SHARD_INDEX.sub("", s.stem) + "/"))
+        files = sorted(p for p in path.rglob("*") if p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        if not files:
+            raise InputError(f"--input: {path} holds no files")
+        return len(files), (_file_item(p, str(p.relative_to(path).with_suffix(""))) for p in files)
+    matches = sorted(Path(p) for p in glob.glob(str(path)))
+    if not matches:
+        raise InputError(f"--input: {spec} matches nothing")
+    not_tar = [str(p) for p in matches if p.suffix.lower() != ".tar" or not p.is_file()]
+    if not_tar:
+        raise InputError(f"--input: a pattern must match .tar shards only; it also matches {not_tar[:3]}")
+    return sum(_count_shard(s) for s in matches), (it for s in matches for it in _shard_items(s, ""))
+
+
+def round_to_multiple(size: int, base: int = 4) -> int:
+    return int(round(size / base) * base)
+
+
+def preprocess(image: Image.Image, size: int | None) -> torch.Tensor:
+    """PIL image -> [3, H, W] in [-1, 1], the reference's test-time transform (see the module docstring)."""
+    image = image.convert("RGB")
+    if size is not None:
+        image = image.resize((size, size), Image.BICUBIC)
+    w, h = image.size
+    rw, rh = round_to_multiple(w), round_to_multiple(h)
+    if rw < 4 or rh < 4:
+        raise ValueError(f"image too small ({w}x{h})")
+    if (rw, rh) != (w, h):
+        image = image.resize((rw, rh), Image.BICUBIC)
+    x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div(255)
+    return (x - 0.5) / 0.5
+
+
+def to_uint8(y: torch.Tensor) -> np.ndarray:
+    """[3, H, W] in [-1, 1] -> H x W x 3 uint8, as the reference's tensor2im (truncation)."""
+    return ((y.float().cpu().permute(1, 2, 0) + 1) / 2.0 * 255.0).clamp(0, 255).numpy().astype(np.uint8)
+
+
+def _safe_stem(stem: str) -> bool:
+    parts = Path(stem).parts
+    return bool(parts) and not Path(stem).is_absolute() and ".." not in parts
+
+
+@dataclass
+class Summary:
+    translated: int = 0
+    skipped: int = 0
+
+
+def translate(generator: torch.nn.Module, items: Iterator[Item], output: Path, *, size: int | None,
+              batch_size: int, device: torch.device, total: int | None = None) -> Summary:
+    """Translate ``items`` in batches of equal-sized images; write ``output/<out_stem>.png``."""
+    summary = Summary()
+    written: set[str] = set()
+    pending: list[tuple[str, torch.Tensor]] = []
+
+    def skip(label: str, reason: str) -> None:
+        summary.skipped += 1
+        tqdm.write(f"skipped {label}: {reason}", file=sys.stderr)
+
+    def flush() -> None:
+        if not pending:
+            return
+        batch = torch.stack([x for _, x in pending]).to(device)
+        with torch.no_grad():
+            fake = generator(batch)
+        for (stem, _), y in zip(pending, fake):
+            target = output / f"{stem}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(to_uint8(y)).save(target)
+            summary.translated += 1
+        pending.clear()
+
+    with tqdm(total=total, unit="img", desc="translate", file=sys.stderr) as bar:
+        for item in items:
+            bar.update(1)
+            if item.data is None:
+                skip(item.label, item.problem or "no data")
+                continue
+            if not _safe_stem(item.out_stem):
+                skip(item.label, f"unsafe output name {item.out_stem!r}")
+                continue
+            if item.out_stem in written:
+                skip(item.label, f"another input already writes {item.out_stem}.png")
+                continue
+            try:
+                with Image.open(io.BytesIO(item.data)) as image:
+                    x = preprocess(image, size)
+            except Exception as err:  # noqa: BLE001 - any undecodable file is skipped, never fatal
+                skip(item.label, f"not a readable image ({type(err).__name__}: {str(err)[:120]})")
+                continue
+            written.add(item.out_stem)
+            if pending and pending[0][1].shape != x.shape:
+                flush()
+            pending.append((item.out_stem, x))
+            if len(pending) >= batch_size:
+                flush()
+        flush()
+    return summary
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m cutdist.translate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="cutdist checkpoint directory (holding model.pt)")
+    p.add_argument("--input", required=True, help="image, image folder, .tar shard, quoted shard glob, shard folder")
+    p.add_argument("--output", required=True, help="output folder for the PNGs")
+    p.add_argument("--size", type=_positive, default=None, help="resize inputs to S x S first (default: full size)")
+    p.add_argument("--batch-size", type=_positive, default=1, help="images per forward (equal sizes only)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as err:
+        print(f"error: --device: {err}", file=sys.stderr)
+        return 2
+    try:
+        generator, _ = load_generator(args.checkpoint, device)
+        total, items = collect_inputs(args.input)
+    except (ModelIOError, InputError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (RuntimeError, AssertionError) as err:   # e.g. a CUDA device that is not there
+        print(f"error: --device {device}: {str(err).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
+    output = Path(args.output).expanduser()
+    output.mkdir(parents=True, exist_ok=True)
+    summary = translate(generator, items, output, size=args.size, batch_size=args.batch_size, device=device,
+                        total=total)
+    print(f"translated {summary.translated} image(s) into {output}; skipped {summary.skipped}")
+    return 1 if summary.skipped else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
