@@ -1,0 +1,14 @@
+"""Shard writing, inspection and the image streams; see shards/README.md for the layout.
+
+- ``cutdist.data.manifest``: split names, manifest schema, ``DataError``, URL helpers
+- ``cutdist.data.writer``: ``ShardSetWriter`` and ``write_image_folder``
+- ``cutdist.data.inspection``: ``inspect_shards``, ``verify_shards``
+- ``cutdist.data.splits``: ``Splits``, ``resolve_splits`` (driver side, before workers start)
+- ``cutdist.data.stream``: ``unpaired_loader``, ``test_loader``, ``load_test_pairs``, ``steps_per_epoch``
+- ``cutdist.data.transforms``: decoding and the paper's augmentations
+- ``cutdist.data.synth``: the demo domains and ``write_synth_dataset``
+"""
+from cutdist.data.manifest import CorruptSampleWarning, DataError
+from cutdist.data.splits import Splits, resolve_splits
+
+__all__ = ["CorruptSampleWarning", "DataError", "Splits", "resolve_splits"]

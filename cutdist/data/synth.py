@@ -143,3 +143,52 @@ def synth_test_pair(seed: int, index: int, size: int) -> tuple[np.ndarray, np.nd
     """A test image of domain A and its ground-truth translation (same scene, striped)."""
     scene = draw_scene(scene_rng(seed, "test", "A", index), size)
     return render(scene, "A"), render(scene, "B")
+
+
+# ------------------------------------------------------------------------------------------ the dataset
+
+def _png(image: np.ndarray) -> bytes:
+    import io
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _render_job(job: tuple[int, str, int, int]) -> list[tuple[str, bytes]]:
+    """One job of the dataset: (seed, split, index, size) -> [(split, png bytes), ...] (runs in workers)."""
+    seed, split, index, size = job
+    if split == "testA":   # the test image and its ground truth share one scene
+        image_a, truth = synth_test_pair(seed, index, size)
+        return [("testA", _png(image_a)), ("testGT", _png(truth))]
+    phase, domain = split[:-1], split[-1]
+    return [(split, _png(synth_image(seed, phase, domain, index, size)))]
+
+
+def write_synth_dataset(out_dir, *, size: int = 64, count: int = 400, test_count: int = 64, seed: int = 0,
+                        max_count: int = 50, workers: int = 1, progress: bool = False):
+    """Write the demo dataset as shards + manifest in ``out_dir`` and return its Path.
+
+    Splits trainA/trainB (``count`` images each), testA/testB (``test_count`` each) and testGT (the striped
+    ground truth of each testA image, under the same key ``%06d``), PNG bytes, through the same shard writer
+    as real data. Deterministic for a seed: the same images, bytes and manifest sha256 every time.
+    """
+    from tqdm import tqdm
+
+    from cutdist.data.manifest import DataError
+    from cutdist.data.writer import EncodedImage, ShardSetWriter, _ordered_map
+
+    if size < 8:
+        raise DataError(f"--size: must be >= 8, got {size}")
+    if count < 1 or test_count < 1:
+        raise DataError(f"--count and --test-count: must be >= 1, got {count} and {test_count}")
+    jobs = ([(seed, "trainA", i, size) for i in range(count)] + [(seed, "trainB", i, size) for i in range(count)]
+            + [(seed, "testA", i, size) for i in range(test_count)]
+            + [(seed, "testB", i, size) for i in range(test_count)])
+    writer = ShardSetWriter(out_dir, max_count=max_count)
+    writer.check_new(["trainA", "trainB", "testA", "testB", "testGT"])
+    with writer, tqdm(total=len(jobs), unit="img", desc="synth", disable=not progress) as bar:
+        for (_, _, index, _), rendered in zip(jobs, _ordered_map(_render_job, jobs, workers)):
+            for split, data in rendered:
+                writer.add(split, EncodedImage(f"{index:06d}", "png", data, size, size))
+            bar.update(1)
+    return writer.out_dir

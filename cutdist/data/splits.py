@@ -1,0 +1,150 @@
+"""Which shards a job reads: ``resolve_splits(cfg.data)`` runs on the driver before any worker starts.
+
+Shards come from ``data.root`` (a local directory or a URL prefix holding ``manifest.parquet``, read through
+webdataset's ``gopen`` so the same URL schemes work) and/or explicit patterns ``data.train_a`` etc. (brace
+patterns, local globs, URLs, ``pipe:`` commands). Missing paths, patterns that match nothing and manifests
+without a needed split are one DataError naming the key and the path.
+"""
+from __future__ import annotations
+
+import glob
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import braceexpand
+
+from cutdist.data.manifest import DataError, is_url, join, local_path, read_manifest
+
+# config key -> manifest split
+PATTERN_KEYS = {"train_a": "trainA", "train_b": "trainB", "test_a": "testA", "test_b": "testB"}
+
+
+@dataclass
+class Splits:
+    """The shard lists of a job (sorted URLs or paths) and the sizes the schedule needs; picklable."""
+    train_a: list[str]
+    train_b: list[str]
+    test_a: list[str] = field(default_factory=list)
+    test_b: list[str] = field(default_factory=list)
+    test_gt: list[str] = field(default_factory=list)
+    num_train_a: int = 0
+    num_test_a: int = 0
+    manifest: str | None = None
+    root: str = ""
+    num_train_b: int = 0   # 0 when unknown (patterns without a manifest)
+    num_test_b: int = 0
+
+
+def expand_pattern(pattern: str, key: str) -> list[str]:
+    """A brace pattern (``a-{000000..000009}.tar``, ``::`` separates several) as a list of shards.
+
+    Local entries may also be globs; each must exist. URLs are only expanded here (checked by ``probe``).
+    """
+    shards: list[str] = []
+    for part in pattern.split("::"):
+        for item in braceexpand.braceexpand(part.strip()):
+            if is_url(item):
+                shards.append(item)
+                continue
+            path = str(local_path(item))
+            if glob.has_magic(path):
+                matched = sorted(glob.glob(path))
+                if not matched:
+                    raise DataError(f"data.{key}: pattern {item} matches no file")
+                shards.extend(matched)
+            elif not Path(path).is_file():
+                raise DataError(f"data.{key}: no such shard {item}")
+            else:
+                shards.append(path)
+    if not shards:
+        raise DataError(f"data.{key}: pattern {pattern!r} names no shard")
+    return shards
+
+
+def probe(url: str, key: str) -> None:
+    """Read the first tar header of a remote shard, so a wrong URL fails on the driver, not in a worker."""
+    import tarfile
+
+    from cutdist.data.manifest import open_location
+
+    try:
+        stream = open_location(url)
+        try:
+            header = stream.read(512)
+        finally:
+            stream.close()
+        tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
+    except Exception as err:   # curl, gsutil, a pipe command: each fails its own way
+        raise DataError(f"data.{key}: cannot read shard {url} ({str(err).splitlines()[0] if str(err) else err!r})") from None
+
+
+def _synthesise_if_missing(data_cfg) -> None:
+    root = data_cfg.root
+    if not data_cfg.synth_if_missing or not root or is_url(root) or (local_path(root) / "manifest.parquet").is_file():
+        return
+    from cutdist.data.synth import write_synth_dataset
+
+    try:
+        write_synth_dataset(local_path(root), size=data_cfg.synth_size, count=data_cfg.synth_count)
+    except (DataError, OSError):
+        if not (local_path(root) / "manifest.parquet").is_file():   # another driver may have won the race
+            raise
+
+
+def resolve_splits(data_cfg) -> Splits:
+    """The shards and sizes of ``cfg.data`` (see the module docstring); DataError on any missing piece."""
+    _synthesise_if_missing(data_cfg)
+    root = data_cfg.root
+    by_split: dict[str, list[str]] = {}
+    counts: Counter = Counter()
+    shard_counts: dict[str, Counter] = {}
+    manifest = None
+    if root:
+        if not is_url(root) and not local_path(root).is_dir():
+            raise DataError(f"data.root: no such directory {root}")
+        table = read_manifest(root)
+        manifest = join(root, "manifest.parquet")
+        splits_col = table.column("split").to_pylist()
+        shards_col = table.column("shard").to_pylist()
+        counts = Counter(splits_col)
+        for split, shard in zip(splits_col, shards_col):
+            shard_counts.setdefault(split, Counter())[shard] += 1
+        for split, shards in shard_counts.items():
+            by_split[split] = [join(root, name) for name in sorted(shards)]
+        missing = [split for key, split in (("train_a", "trainA"), ("train_b", "trainB"))
+                   if not counts[split] and not getattr(data_cfg, key)]
+        if missing:
+            raise DataError(f"data.root: manifest {manifest} has no {' or '.join(missing)} split")
+        if not is_url(root):
+            for split, shards in by_split.items():
+                absent = [s for s in shards if not Path(s).is_file()]
+                if absent:
+                    raise DataError(f"data.root: shard {absent[0]} of split {split} is listed in the manifest "
+                                    "but missing")
+
+    def sized(key: str, split: str, configured: int = 0) -> tuple[list[str], int]:
+        pattern = getattr(data_cfg, key)
+        if not pattern:
+            return by_split.get(split, []), counts[split]
+        shards = expand_pattern(pattern, key)
+        for url in sorted({shards[0], shards[-1]}):
+            if is_url(url):
+                probe(url, key)
+        # a pattern's size: the manifest's rows of those shard files, if the manifest knows them
+        known = shard_counts.get(split, Counter())
+        size = sum(known.get(Path(s).name, 0) for s in shards) if known else 0
+        return shards, configured or size
+
+    train_a, num_train_a = sized("train_a", "trainA", data_cfg.num_train_a)
+    train_b, num_train_b = sized("train_b", "trainB")
+    test_a, num_test_a = sized("test_a", "testA")
+    test_b, num_test_b = sized("test_b", "testB")
+    if not train_a or not train_b:
+        raise DataError("data.root: set data.root (a shard directory) or both data.train_a and data.train_b")
+    if num_train_a < 1:
+        raise DataError(f"data.num_train_a: the size of domain A is unknown for data.train_a={data_cfg.train_a!r} "
+                        "(no manifest lists those shards); set data.num_train_a")
+    return Splits(train_a=train_a, train_b=train_b, test_a=test_a, test_b=test_b,
+                  test_gt=by_split.get("testGT", []), num_train_a=num_train_a, num_test_a=num_test_a,
+                  manifest=manifest, root=root, num_train_b=num_train_b, num_test_b=num_test_b)

@@ -1,0 +1,89 @@
+"""Decoding and the paper's augmentations, with an explicit RNG so a stream is reproducible.
+
+Follows the reference implementation's ``get_transform`` (data/base_dataset.py of
+taesungp/contrastive-unpaired-translation), bicubic throughout:
+
+- ``resize_and_crop``: resize to load x load, random crop crop x crop;
+- ``scale_width_and_crop``: scale the width to load (height keeps the aspect ratio, at least crop), random crop;
+- ``none``: keep the size;
+then round each side to a multiple of 4, random horizontal flip unless ``no_flip``, map to [-1, 1].
+"""
+from __future__ import annotations
+
+import io
+import random
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from cutdist.data.manifest import IMAGE_EXTENSIONS
+
+BICUBIC = InterpolationMode.BICUBIC
+
+
+def image_field(sample: dict) -> str | None:
+    """The field of a webdataset sample holding the image (its extension), or None."""
+    for name in sample:
+        if name.lower() in IMAGE_EXTENSIONS:
+            return name
+    return None
+
+
+def decode_rgb(data: bytes) -> Image.Image:
+    """Fully decode encoded image bytes to RGB; raises on empty, truncated or unknown data."""
+    if not data:
+        raise ValueError("empty image")
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img.convert("RGB")
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> float tensor [3, H, W] in [-1, 1] (the reference's ToTensor + Normalize(0.5, 0.5))."""
+    return TF.pil_to_tensor(img).float().div_(127.5).sub_(1.0)
+
+
+def _make_multiple_of_4(img: Image.Image) -> Image.Image:
+    width, height = img.size
+    w, h = int(round(width / 4) * 4), int(round(height / 4) * 4)
+    return img if (w, h) == (width, height) else TF.resize(img, [h, w], interpolation=BICUBIC)
+
+
+@dataclass(frozen=True)
+class TrainAugment:
+    """The training transform; ``augment(img, rng)`` draws crop position and flip from ``rng``."""
+    preprocess: str = "resize_and_crop"   # resize_and_crop | scale_width_and_crop | none
+    load_size: int = 286
+    crop_size: int = 256
+    no_flip: bool = False
+
+    def __post_init__(self):
+        if self.preprocess not in ("resize_and_crop", "scale_width_and_crop", "none"):
+            raise ValueError(f"data.preprocess: unknown {self.preprocess!r}")
+
+    def __call__(self, img: Image.Image, rng: random.Random) -> torch.Tensor:
+        if self.preprocess == "resize_and_crop":
+            img = TF.resize(img, [self.load_size, self.load_size], interpolation=BICUBIC)
+        elif self.preprocess == "scale_width_and_crop":
+            width, height = img.size
+            if not (width == self.load_size and height >= self.crop_size):
+                new_height = int(max(self.load_size * height / width, self.crop_size))
+                img = TF.resize(img, [new_height, self.load_size], interpolation=BICUBIC)
+        if self.preprocess != "none":
+            width, height = img.size
+            left = rng.randint(0, max(0, width - self.crop_size))
+            top = rng.randint(0, max(0, height - self.crop_size))
+            img = TF.crop(img, top, left, min(self.crop_size, height), min(self.crop_size, width))
+        img = _make_multiple_of_4(img)
+        flip = rng.random() > 0.5
+        if flip and not self.no_flip:
+            img = TF.horizontal_flip(img)
+        return to_tensor(img)
+
+
+def resize_square(img: Image.Image, size: int) -> torch.Tensor:
+    """Test-time transform: resize to size x size (bicubic, as the reference's test options), [-1, 1]."""
+    return to_tensor(TF.resize(img, [size, size], interpolation=BICUBIC))
