@@ -6,7 +6,6 @@ extension), bytes, width, height, sha256 (of the image's encoded bytes).
 """
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 from urllib.parse import urlparse
@@ -106,12 +105,6 @@ def write_manifest(rows: list[dict], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     pq.write_table(table, tmp)
     os.replace(tmp, path)
-
-
-def manifest_bytes(rows: list[dict]) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), sink)
-    return sink.getvalue()
 
 
 def _first_line(err: BaseException) -> str:

@@ -8,6 +8,7 @@ without a needed split are one DataError naming the key and the path.
 from __future__ import annotations
 
 import glob
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,7 +87,8 @@ def _synthesise_if_missing(data_cfg) -> None:
     from cutdist.data.synth import write_synth_dataset
 
     try:
-        write_synth_dataset(local_path(root), size=data_cfg.synth_size, count=data_cfg.synth_count)
+        write_synth_dataset(local_path(root), size=data_cfg.synth_size, count=data_cfg.synth_count,
+                            workers=min(8, os.cpu_count() or 1))
     except (DataError, OSError):
         if not (local_path(root) / "manifest.parquet").is_file():   # another driver may have won the race
             raise

@@ -34,7 +34,7 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from cutdist.data.manifest import CorruptSampleWarning, DataError
 from cutdist.data.splits import Splits
-from cutdist.data.transforms import TrainAugment, decode_rgb, image_field, resize_square
+from cutdist.data.transforms import TrainAugment, decode_rgb, image_field, resize_square, stack
 
 # Give up when this many samples/shards in a row fail: the data is broken, not a sample.
 MAX_CONSECUTIVE_FAILURES = 1000
@@ -180,8 +180,8 @@ class _UnpairedStream(IterableDataset):
             if len(batch) == self.batch_size:
                 (keys_a, a), (keys_b, b) = (zip(*[p[i] for p in batch]) for i in (0, 1))
                 try:
-                    a, b = torch.stack(a), torch.stack(b)
-                except RuntimeError:
+                    a, b = stack(a), stack(b)
+                except ValueError:
                     raise DataError(f"{self.urls['A'][0]}: images of different sizes in one batch; with "
                                     "data.preprocess=none use data.batch_size=1 or images of one size") from None
                 yield {"a": a, "b": b, "keys_a": list(keys_a), "keys_b": list(keys_b), "skipped": skips.take()}
@@ -260,10 +260,10 @@ class _TestStream(IterableDataset):
             keys.append(key)
             images.append(image)
             if len(keys) == self.batch_size:
-                yield keys, torch.stack(images), skips.take() + (shard_skips.take() if slot == 0 else 0)
+                yield keys, stack(images), skips.take() + (shard_skips.take() if slot == 0 else 0)
                 keys, images = [], []
         if keys or skips.pending or shard_skips.pending:
-            yield keys, torch.stack(images) if images else torch.empty(0, 3, self.size, self.size), \
+            yield keys, stack(images) if images else torch.empty(0, 3, self.size, self.size), \
                 skips.take() + (shard_skips.take() if slot == 0 else 0)
 
 

@@ -12,6 +12,7 @@ import io
 import os
 import shutil
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from PIL import Image
 from cutdist.data.manifest import (IMAGE_EXTENSIONS, MANIFEST_NAME, SHARD_PATTERN, SPLITS, DataError,
                                    read_manifest, write_manifest)
 
-TAR_MTIME = 0.0   # fixed member times: the same images give byte-identical shards
+TAR_MTIME = 0   # fixed integer member times: byte-identical shards, and no PAX header per member (a float forces one)
 
 
 @dataclass
@@ -238,11 +239,19 @@ def _read_and_probe(path: Path) -> tuple[bytes, int, int] | str:
 
 
 def _ordered_map(fn: Callable, items: list, workers: int) -> Iterator:
+    """``map(fn, items)`` in order, over ``workers`` processes, with a bounded number of results in flight
+    (``Executor.map`` would submit everything at once and could hold a whole dataset's bytes in memory)."""
     if workers <= 1:
         yield from map(fn, items)
         return
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(fn, items, chunksize=8)
+        in_flight: deque = deque()
+        for item in items:
+            in_flight.append(pool.submit(fn, item))
+            if len(in_flight) >= 16 * workers:
+                yield in_flight.popleft().result()
+        while in_flight:
+            yield in_flight.popleft().result()
 
 
 def write_image_folder(src: str | Path, out_dir: str | Path, *, split: str | None = None, max_count: int = 200,
