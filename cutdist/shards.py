@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             if problems is not None:
                 for line in problems:
                     print(f"MISMATCH {line}")
-                print(f"verify: {'OK, every sample matches the manifest' if not problems else f'{len(problems)} problem(s)'}")
+                verdict = f"{len(problems)} problem(s)" if problems else "OK, every sample matches the manifest"
+                print(f"verify: {verdict}")
         return 1 if problems else 0
     except DataError as err:
         print(f"cutdist.shards {args.command}: {err}", file=sys.stderr)

@@ -203,7 +203,9 @@ def test_streams_shards_from_a_real_http_server(demo):
         pattern = DataConfig(train_a=f"{url}/trainA-{{000000..000007}}.tar", train_b=f"{url}/trainB-000000.tar",
                              num_train_a=4, load_size=36, crop_size=32, loader_workers=0)
         assert len(list(unpaired_loader(resolve_splits(pattern), pattern, rank=0, world_size=1, epoch=0, seed=0))) == 4
-        with pytest.raises(DataError, match=r"^data.train_b: cannot read shard http://.*/trainB-000099.tar"):
+        with pytest.raises(DataError, match=r"/nowhere/manifest.parquet: cannot read \(curl exited with status 22\)$"):
+            resolve_splits(DataConfig(root=f"{url}/nowhere"))
+        with pytest.raises(DataError, match=r"^data.train_b: cannot read shard http://.*/trainB-000099.tar \(curl exited"):
             resolve_splits(DataConfig(train_a=f"{url}/trainA-000000.tar", train_b=f"{url}/trainB-000099.tar",
                                       num_train_a=4))
 

@@ -7,6 +7,7 @@ extension), bytes, width, height, sha256 (of the image's encoded bytes).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -77,7 +78,7 @@ def read_bytes(location: str) -> bytes:
         finally:
             stream.close()
     except (OSError, ValueError) as err:
-        raise DataError(f"{location}: cannot read ({_first_line(err)})") from None
+        raise DataError(f"{location}: cannot read ({describe_error(err)})") from None
     return data
 
 
@@ -92,7 +93,7 @@ def read_manifest(root: str) -> pa.Table:
     try:
         table = pq.read_table(pa.BufferReader(data))
     except (pa.ArrowException, OSError) as err:
-        raise DataError(f"{location}: not a parquet manifest ({_first_line(err)})") from None
+        raise DataError(f"{location}: not a parquet manifest ({describe_error(err)})") from None
     missing = [name for name in MANIFEST_SCHEMA.names if name not in table.column_names]
     if missing:
         raise DataError(f"{location}: manifest lacks columns {missing}")
@@ -107,6 +108,18 @@ def write_manifest(rows: list[dict], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip() or err.__class__.__name__
-    return text.splitlines()[0]
+_PIPE_EXIT = re.compile(r"^\(\(\[?'?([^',\]]+).*\): exit (\d+)")
+
+
+def describe_error(err: BaseException) -> str:
+    """One short line for an error from reading data: gopen's subprocess failures (``curl`` exiting 22 on an
+    HTTP 404, ...) become ``curl exited with status 22``; webdataset's `` @ <stream>`` suffixes are dropped."""
+    text = str(err).strip()
+    if not text:
+        return err.__class__.__name__
+    pipe = _PIPE_EXIT.match(text)
+    if pipe:
+        return f"{pipe.group(1)} exited with status {pipe.group(2)}"
+    return text.splitlines()[0].split(" @ ")[0]
+
+

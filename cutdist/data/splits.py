@@ -15,7 +15,7 @@ from pathlib import Path
 
 import braceexpand
 
-from cutdist.data.manifest import DataError, is_url, join, local_path, read_manifest
+from cutdist.data.manifest import DataError, describe_error, is_url, join, local_path, read_manifest
 
 # config key -> manifest split
 PATTERN_KEYS = {"train_a": "trainA", "train_b": "trainB", "test_a": "testA", "test_b": "testB"}
@@ -77,7 +77,7 @@ def probe(url: str, key: str) -> None:
             stream.close()
         tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
     except Exception as err:   # curl, gsutil, a pipe command: each fails its own way
-        raise DataError(f"data.{key}: cannot read shard {url} ({str(err).splitlines()[0] if str(err) else err!r})") from None
+        raise DataError(f"data.{key}: cannot read shard {url} ({describe_error(err)})") from None
 
 
 def _synthesise_if_missing(data_cfg) -> None:

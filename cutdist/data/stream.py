@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-from cutdist.data.manifest import CorruptSampleWarning, DataError
+from cutdist.data.manifest import CorruptSampleWarning, DataError, describe_error
 from cutdist.data.splits import Splits
 from cutdist.data.transforms import TrainAugment, decode_rgb, image_field, resize_square, stack
 
@@ -92,10 +92,9 @@ class SkipCounter:
         return pending
 
 
-
 def _describe(err: BaseException) -> str:
-    text = str(err).strip().splitlines()[0].split(" @ ")[0] if str(err).strip() else ""
-    return f"{err.__class__.__name__}: {text}" if text else err.__class__.__name__
+    text = describe_error(err)
+    return text if text.startswith(err.__class__.__name__) else f"{err.__class__.__name__}: {text}"
 
 
 def _shard_samples(shards, skips: SkipCounter) -> Iterator[dict]:
@@ -122,7 +121,8 @@ def _shard_samples(shards, skips: SkipCounter) -> Iterator[dict]:
             except Exception as err:   # curl's exit status shows up here (e.g. HTTP 404)
                 failure = failure or err
         if failure is not None:
-            skips.skip(url, f"the rest of the shard after key {last}" if last else "the whole shard", _describe(failure))
+            what = f"the rest of the shard after key {last}" if last else "the whole shard"
+            skips.skip(url, what, _describe(failure))
 
 
 def _decoded(samples, skips: SkipCounter, transform) -> Iterator[tuple[str, torch.Tensor]]:
@@ -131,7 +131,8 @@ def _decoded(samples, skips: SkipCounter, transform) -> Iterator[tuple[str, torc
         key, shard = sample.get("__key__", "?"), sample.get("__url__", "?")
         name = image_field(sample)
         if name is None:
-            skips.skip(shard, f"key {key}", f"no image field (fields: {sorted(k for k in sample if not k.startswith('__'))})")
+            fields = sorted(k for k in sample if not k.startswith("__"))
+            skips.skip(shard, f"key {key}", f"no image field (fields: {fields})")
             continue
         try:
             image = transform(decode_rgb(sample[name]))

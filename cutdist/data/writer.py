@@ -18,7 +18,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-import webdataset as wds
 from PIL import Image
 
 from cutdist.data.manifest import (IMAGE_EXTENSIONS, MANIFEST_NAME, SHARD_PATTERN, SPLITS, DataError,
@@ -65,7 +64,7 @@ class _SplitShards:
         self.max_count, self.max_size = max_count, max_size
         self.index, self.count, self.size = -1, 0, 0
         self.names: list[str] = []
-        self.writer: wds.TarWriter | None = None
+        self.writer = None   # a webdataset TarWriter
 
     def add(self, image: EncodedImage) -> str:
         member = 512 + -(-len(image.data) // 512) * 512   # tar header + padded data
@@ -77,6 +76,8 @@ class _SplitShards:
         return self.names[-1]
 
     def _roll(self) -> None:
+        import webdataset as wds   # imports torch: only once there is something to write
+
         self.close()
         self.index += 1
         name = SHARD_PATTERN.format(split=self.split, index=self.index)
