@@ -186,7 +186,7 @@ def test_d_then_gf_update_order_and_unwrapped_d_for_the_generator():
     assert recorder.calls == [("zero_grad", "d", True), ("backward", "d", True), ("step", "d", True),
                               ("zero_grad", "gf", False), ("backward", "gf", False), ("step", "gf", False)]
     assert all(p.requires_grad for p in raw_d.parameters())   # restored after the step
-    assert nets.d.calls == 2 and unwrapped.calls == 1          # D step: fake and real; G step: the unwrapped D
+    assert nets.d.calls == 1 and unwrapped.calls == 1          # D step: fake and real in one forward; G step: the unwrapped D
     for before, net in ((d_before, raw_d), (g_before, nets.g), (f_before, nets.f)):
         assert any(not torch.equal(v, net.state_dict()[k]) for k, v in before.items())
 

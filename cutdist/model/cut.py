@@ -94,26 +94,19 @@ def _autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def patchnce_term(nets: CUTNets, source: torch.Tensor, target: torch.Tensor, loss_cfg: LossConfig, *,
-                  generator: torch.Generator | None, flipped: bool) -> torch.Tensor:
-    """lambda_X * PatchNCE between G_enc(target) (queries) and G_enc(source) (keys), averaged over the taps.
-
-    ``target`` = G(source) or, when ``flipped``, G(flip(source)); its features are then flipped back so that each
-    query sits at its key's location (flip-equivariance).
-    """
-    layers = list(loss_cfg.nce_layers)
-    feat_q = nets.g(target, layers, encode_only=True)
-    if flipped:
-        feat_q = [torch.flip(fq, [3]) for fq in feat_q]
-    feat_k = nets.g(source, layers, encode_only=True)
+def patchnce_term(nets: CUTNets, feat_k: list[torch.Tensor], feat_q: list[torch.Tensor], loss_cfg: LossConfig, *,
+                  generator: torch.Generator | None) -> torch.Tensor:
+    """lambda_X * PatchNCE between query features ``feat_q`` (G_enc of G(x), flipped back under flip-equivariance)
+    and key features ``feat_k`` (G_enc of x), one tensor per tap, averaged over the taps. F draws the patch
+    locations for the keys and samples the queries at the same ones."""
     pool_k, patch_ids = nets.f(feat_k, loss_cfg.num_patches, None, generator)
     pool_q, _ = nets.f(feat_q, loss_cfg.num_patches, patch_ids)
     # The batch of the contrastive loss is the per-rank batch; 1 = negatives from the whole batch.
-    batch = 1 if loss_cfg.negatives_from_minibatch else source.shape[0]
-    total = source.new_zeros((), dtype=torch.float32)
+    batch = 1 if loss_cfg.negatives_from_minibatch else feat_k[0].shape[0]
+    total = feat_k[0].new_zeros((), dtype=torch.float32)
     for q, k in zip(pool_q, pool_k):
         total = total + (patchnce_loss(q, k, loss_cfg.temperature, batch) * loss_cfg.lambda_x).mean()
-    return total / len(layers)
+    return total / len(feat_k)
 
 
 def cut_step(nets: CUTNets, updater: Updater, real_a: torch.Tensor, real_b: torch.Tensor, loss_cfg: LossConfig, *,
@@ -142,22 +135,29 @@ def cut_step(nets: CUTNets, updater: Updater, real_a: torch.Tensor, real_b: torc
     autocast = _autocast(real_a.device, precision)
     n_a = real_a.shape[0]
 
-    # G(x) (and G(y) for the identity term) in one forward; FastCUT flips the input on a fair coin.
+    # G(x) (and G(y) for the identity term) in one forward; FastCUT flips the input on a fair coin (drawn on the
+    # CPU generator: no device sync).
     real = torch.cat((real_a, real_b), dim=0) if use_identity else real_a
     flipped = bool(loss_cfg.flip_equivariance) and bool(torch.rand((), generator=flip_generator) < 0.5)
-    if flipped:
-        real = torch.flip(real, [3])
+    layers = list(loss_cfg.nce_layers)
+    # Unflipped, G's forward over x already computes the encoder taps that PatchNCE's keys need (G is not updated
+    # before they are used): take them from it instead of running G_enc on x again. Flipped, the taps are of
+    # flip(x) and the keys need their own encoder pass on x.
+    keys_from_forward = use_nce and not flipped
     with autocast:
-        fake = nets.g(real)
+        if keys_from_forward:
+            fake, feat_k = nets.g(real, layers)
+        else:
+            fake, feat_k = nets.g(torch.flip(real, [3]) if flipped else real), None
     fake_b = fake[:n_a]
-    idt_b = fake[n_a:] if use_identity else None
 
-    # D step: real y -> 1, G(x) (detached) -> 0.
+    # D step: real y -> 1, G(x) (detached) -> 0. D is per-image (instance norm), so both go in one forward.
     _set_requires_grad(d_for_g, True)
     updater.zero_grad("d")
     with autocast:
-        loss_d_fake = gan(nets.d(fake_b.detach()), False)
-        loss_d_real = gan(nets.d(real_b), True)
+        pred = nets.d(torch.cat((fake_b.detach(), real_b), dim=0))
+        loss_d_fake = gan(pred[:n_a], False)
+        loss_d_real = gan(pred[n_a:], True)
         loss_d = (loss_d_fake + loss_d_real) * 0.5
     updater.backward("d", loss_d)
     updater.step("d")
@@ -168,10 +168,19 @@ def cut_step(nets: CUTNets, updater: Updater, real_a: torch.Tensor, real_b: torc
     zero = real_a.new_zeros((), dtype=torch.float32)
     with autocast:
         loss_g_gan = gan(d_for_g(fake_b), True) * loss_cfg.lambda_gan if loss_cfg.lambda_gan > 0 else zero
-        loss_nce = patchnce_term(nets, real_a, fake_b, loss_cfg, generator=generator, flipped=flipped) \
-            if use_nce else zero
+        if use_nce:
+            # Queries: G_enc over G(x) (and G(y)) in one pass; keys: G_enc over x (and y).
+            feat_q = nets.g(fake, layers, encode_only=True)
+            if flipped:
+                feat_q = [torch.flip(fq, [3]) for fq in feat_q]
+                feat_k = nets.g(real, layers, encode_only=True)
+            loss_nce = patchnce_term(nets, [k[:n_a] for k in feat_k], [q[:n_a] for q in feat_q], loss_cfg,
+                                     generator=generator)
+        else:
+            loss_nce = zero
         if use_identity:
-            loss_nce_y = patchnce_term(nets, real_b, idt_b, loss_cfg, generator=generator, flipped=flipped)
+            loss_nce_y = patchnce_term(nets, [k[n_a:] for k in feat_k], [q[n_a:] for q in feat_q], loss_cfg,
+                                       generator=generator)
             loss_nce_both = (loss_nce + loss_nce_y) * 0.5
         else:
             loss_nce_both = loss_nce

@@ -145,8 +145,13 @@ class ResnetGenerator(nn.Module):
             feat = layer(feat)
             if index in wanted:
                 found[index] = feat
-            if encode_only and index == last:
-                break
+            if index == last:
+                if encode_only:
+                    break
+                # Running on would change the deepest tap if the next layer is an in-place ReLU: keep the value
+                # encode_only returns, so a full forward's taps can stand in for an encoder pass.
+                if index + 1 < len(self.model) and getattr(self.model[index + 1], "inplace", False):
+                    found[index] = feat.clone()
         feats = [found[i] for i in layers]
         return feats if encode_only else (feat, feats)
 
@@ -214,13 +219,14 @@ class PatchSampleF(nn.Module):
             raise ValueError(f"PatchSampleF: num_patches must be >= 1, got {num_patches}")
         out_feats, out_ids = [], []
         for i, feat in enumerate(feats):
-            flat = feat.permute(0, 2, 3, 1).flatten(1, 2)            # [B, H*W, C]
+            flat = feat.flatten(2)                                   # [B, C, H*W]
             if patch_ids is not None:
                 ids = patch_ids[i]
             else:
-                ids = torch.randperm(flat.shape[1], device=feat.device, generator=generator)
-                ids = ids[: min(num_patches, flat.shape[1])]
-            sample = flat[:, ids, :].flatten(0, 1)                   # [B * P, C], image-major
+                ids = torch.randperm(flat.shape[2], device=feat.device, generator=generator)
+                ids = ids[: min(num_patches, flat.shape[2])]
+            # Gather the P columns first, then transpose: no [B, H*W, C] copy of the whole map.
+            sample = flat[:, :, ids].transpose(1, 2).flatten(0, 1)  # [B * P, C], image-major
             sample = getattr(self, f"mlp_{i}")(sample)
             out_feats.append(l2_normalize(sample))
             out_ids.append(ids)
