@@ -1,0 +1,174 @@
+"""``python -m cutdist.train [--config jobs/X.yaml] [key=value ...]``: validate, then train on Ray.
+
+Order of business, so that a bad job fails in a second with one line and no cluster touched:
+config (exit 2) -> demo shards if asked (data.synth_if_missing) -> shard resolution (exit 2) -> FID weights
+(exit 2) -> resume checkpoint (exit 2) -> ``ray.init()`` (RAY_ADDRESS / the cluster this job was submitted to,
+else a new local one) -> ``build_trainer(...).fit()`` -> where everything is.
+With no ``--config`` it runs the demo, ``jobs/demo.yaml``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+STARTED_AT = time.time()
+
+from cutdist import config as config_mod  # noqa: E402
+from cutdist.config import ConfigError  # noqa: E402
+
+DEMO_JOB = "demo.yaml"
+
+
+def default_job() -> Path:
+    """jobs/demo.yaml of this checkout (or of the working directory a Ray job was submitted with)."""
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        candidate = base / "jobs" / DEMO_JOB
+        if candidate.is_file():
+            return candidate
+    return Path("jobs") / DEMO_JOB
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m cutdist.train",
+                                     description="Train CUT / FastCUT on a Ray cluster (no --config: the demo).")
+    parser.add_argument("--config", help="job YAML (default: jobs/demo.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. loss.lambda_x=2")
+    return parser.parse_args(argv)
+
+
+def fail(message: str, code: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    is_demo = args.config is None
+    job_path = Path(args.config) if args.config else default_job()
+    try:
+        cfg = config_mod.load(job_path, args.overrides)
+    except ConfigError as err:
+        return fail(str(err))
+    from cutdist.train import launcher
+
+    launcher.absolutize_paths(cfg)   # workers do not share the driver's working directory
+
+    from cutdist.data import DataError, resolve_splits
+    from cutdist.model.io import ModelIOError
+    from cutdist.train.state import CheckpointError
+
+    try:
+        announce_synthesis(cfg)
+        splits = resolve_splits(cfg.data)   # writes the demo shards first when data.synth_if_missing
+    except DataError as err:
+        return fail(str(err))
+    if cfg.eval.enabled:
+        problem = check_inception_weights(cfg.eval.inception_weights)
+        if problem:
+            return fail(f"eval.inception_weights: {problem}")
+    launcher.expand_name(cfg, STARTED_AT)
+    try:
+        resume_from = launcher.resolve_resume(cfg)
+    except (CheckpointError, ConfigError, ModelIOError) as err:
+        return fail(str(err))
+
+    before = paired_quality_at_init(cfg, splits) if splits.test_gt else None
+
+    import ray
+
+    ray.init(log_to_driver=True)
+    warn_if_short_of_resources(cfg, ray.cluster_resources())
+    print(f"[cutdist.train] job {job_path} -> run {launcher.run_dir(cfg)} "
+          f"({cfg.train.num_workers} {'GPU' if cfg.train.use_gpu else 'CPU'} workers, {cfg.train.strategy})",
+          flush=True)
+    trainer = launcher.build_trainer(cfg, splits, resume_from=resume_from, started_at=STARTED_AT)
+    try:
+        result = trainer.fit()
+    except Exception as err:   # Ray's TrainingFailedError family (the worker tracebacks are in the log above)
+        return fail(f"training failed: {failure_summary(err)}", code=1)
+    print_summary(cfg, result, launcher, before=before, splits=splits, is_demo=is_demo)
+    return 0
+
+
+def failure_summary(err: BaseException) -> str:
+    """One line: the last line of each failed worker's traceback (rank: Type: message), else the error."""
+    failures = getattr(err, "worker_failures", None) or {}
+    parts = []
+    for rank, failure in sorted(failures.items()):
+        lines = [line for line in str(failure).strip().splitlines() if line.strip()]
+        parts.append(f"rank {rank}: {lines[-1].strip() if lines else type(failure).__name__}")
+    if parts:
+        return "; ".join(parts)
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+def announce_synthesis(cfg: config_mod.JobConfig) -> None:
+    root = Path(cfg.data.root).expanduser()
+    if cfg.data.synth_if_missing and "://" not in cfg.data.root and not (root / "manifest.parquet").is_file():
+        print(f"[cutdist.train] synthesising the demo shards into {root} "
+              f"({cfg.data.synth_count} images per domain, {cfg.data.synth_size} px)", flush=True)
+
+
+def check_inception_weights(weights: str) -> str | None:
+    """None when FID weights are usable; else the one-line reason. The random backbone is always usable."""
+    if weights == "random":
+        return None
+    from cutdist.eval.inception import InceptionWeightsError, load_inception
+
+    try:
+        load_inception(weights, "cpu")
+    except InceptionWeightsError as err:
+        return str(err)
+    return None
+
+
+def warn_if_short_of_resources(cfg: config_mod.JobConfig, available: dict) -> None:
+    t = cfg.train
+    per_worker = dict(t.resources_per_worker) or {"CPU": 1.0}
+    if t.use_gpu:
+        per_worker.setdefault("GPU", 1.0)
+    for key, amount in per_worker.items():
+        need = amount * t.num_workers
+        if need > available.get(key, 0.0):
+            print(f"[cutdist.train] warning: train.num_workers={t.num_workers} x {amount:g} {key} needs {need:g} "
+                  f"{key} but the cluster has {available.get(key, 0.0):g} now; the run waits for an autoscaler",
+                  file=sys.stderr, flush=True)
+
+
+def paired_quality_at_init(cfg: config_mod.JobConfig, splits) -> dict | None:
+    """Translation quality of G at initialisation (same seed as training) against the paired ground truth."""
+    from cutdist.train.demo import paired_quality_of_initial_g
+
+    return paired_quality_of_initial_g(cfg, splits)
+
+
+def print_summary(cfg, result, launcher, *, before, splits, is_demo: bool) -> None:
+    from cutdist.train.demo import paired_quality_of_checkpoint
+
+    latest = result.checkpoint.path if result.checkpoint else None
+    best, best_metrics = launcher.best_checkpoint(result)
+    logs = Path(launcher.logs_dir(cfg))
+    metrics = result.metrics or {}
+    print("\n[cutdist.train] done")
+    print(f"  run directory      {launcher.run_dir(cfg)}")
+    print(f"  latest checkpoint  {latest}")
+    if best:
+        print(f"  best-FID checkpoint {best} (FID {best_metrics['fid']:.4f}, {best_metrics.get('fid_backbone')})")
+    print(f"  sample grid        {logs / 'samples' / 'latest.png'}")
+    print(f"  metrics            {logs / 'metrics.jsonl'}")
+    if cfg.logging.tensorboard:
+        print(f"  TensorBoard        tensorboard --logdir {logs / 'tensorboard'}")
+    if "fid" in metrics:
+        print(f"  final FID          {metrics['fid']:.4f} ({metrics.get('fid_backbone')})")
+    if before is not None and latest:
+        after = paired_quality_of_checkpoint(latest, splits)
+        print("  paired quality vs testGT (lowfreq_l1: lower is better; stripe_energy_ratio: 1 = as striped as GT)")
+        for label, q in (("input A (no-op)", before["identity"]), ("G at init", before["g"]), ("trained G", after)):
+            print(f"    {label:<16} lowfreq_l1 {q['lowfreq_l1']:.4f}  stripe_energy_ratio {q['stripe_energy_ratio']:.3f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Where a training loop runs: the thin layer between the loop and Ray Train (or no Ray at all).
+
+The loop asks its context for rank, world size and device, hands it finished checkpoint directories and
+metrics, and asks it for the checkpoint to resume from. ``RayContext`` forwards these to ``ray.train``;
+``LocalContext`` runs the same loop in one plain process (world size 1), writing checkpoints itself into
+``<storage_path>/<name>/checkpoint_<step>`` and keeping the newest ``num_to_keep`` (plus the best-FID one).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+CHECKPOINT_PREFIX = "checkpoint_"
+
+
+def checkpoint_dir_name(step: int) -> str:
+    """Name of the checkpoint written after ``step`` steps (sortable; the step is part of the name)."""
+    return f"{CHECKPOINT_PREFIX}{step:09d}"
+
+
+class WorkerContext:
+    """What the loop needs from its runtime. Every method is called by every rank at the same points."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    def resume_checkpoint(self) -> Path | None:
+        """The checkpoint the runtime restored after a failure (None on a fresh start)."""
+        raise NotImplementedError
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, step: int) -> None:
+        """Publish metrics (all ranks call it; rank 0's metrics count) and, on rank 0, a checkpoint dir."""
+        raise NotImplementedError
+
+    def barrier(self) -> None:
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.barrier()
+
+
+class RayContext(WorkerContext):
+    """A Ray Train worker: ranks and device from ``ray.train``, checkpoints through ``ray.train.report``."""
+
+    def __init__(self) -> None:
+        import ray.train
+        import ray.train.torch
+
+        # Ray logs every report's full metrics at INFO from this module; our own console line says it better.
+        logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
+        ctx = ray.train.get_context()
+        self.rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+        self.local_rank = ctx.get_local_rank()
+        self.device = ray.train.torch.get_device()
+        self._restored = ray.train.get_checkpoint()
+
+    def resume_checkpoint(self) -> Path | None:
+        if self._restored is None:
+            return None
+        # Local storage: the path itself. Remote storage: Ray downloads it to a local temporary directory,
+        # which we keep for the life of the worker (the loop reads it once, right away).
+        if self._restored.filesystem is not None and type(self._restored.filesystem).__name__ == "LocalFileSystem":
+            return Path(self._restored.path)
+        return Path(self._restored.to_directory())
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, step: int) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        # Only rank 0 holds a checkpoint (the state is consolidated); Ray uses rank 0's directory name.
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(step))
+
+
+@dataclass
+class LocalContext(WorkerContext):
+    """One plain process, world size 1: the loop without Ray (tests, debugging, one GPU)."""
+
+    run_dir: Path
+    num_to_keep: int = 2
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    restored: Path | None = None
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    checkpoints: list[tuple[Path, float]] = field(default_factory=list)   # (dir, fid or +inf), oldest first
+
+    def __post_init__(self) -> None:
+        self.rank, self.world_size, self.local_rank = 0, 1, 0
+        self.run_dir = Path(self.run_dir)
+
+    def resume_checkpoint(self) -> Path | None:
+        return self.restored
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, step: int) -> None:
+        self.reports.append(dict(metrics))
+        if checkpoint_dir is None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        dest = self.run_dir / checkpoint_dir_name(step)
+        staging = Path(tempfile.mkdtemp(dir=self.run_dir, prefix=".staging_"))
+        shutil.copytree(checkpoint_dir, staging, dirs_exist_ok=True)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(staging, dest)
+        self.checkpoints = [(p, s) for p, s in self.checkpoints if p != dest]
+        self.checkpoints.append((dest, _score(metrics)))
+        self._prune()
+
+    def _prune(self) -> None:
+        """Same retention as Ray's CheckpointConfig(num_to_keep, score=ckpt_fid, order=min): best K + latest."""
+        latest = self.checkpoints[-1][0]
+        ranked = sorted(enumerate(self.checkpoints), key=lambda item: (item[1][1], -item[0]))
+        keep = {p for _, (p, _) in ranked[: self.num_to_keep]} | {latest}
+        for path, _ in self.checkpoints:
+            if path not in keep:
+                shutil.rmtree(path, ignore_errors=True)
+        self.checkpoints = [(p, s) for p, s in self.checkpoints if p in keep]
+
+
+def _score(metrics: dict[str, Any]) -> float:
+    value = metrics.get("ckpt_fid", math.inf)
+    return float(value) if isinstance(value, (int, float)) else math.inf
+
+
+def init_single_process_group(backend: str = "gloo") -> None:
+    """A world-size-1 process group for strategies that insist on one (DeepSpeed) outside Ray."""
+    if dist.is_initialized():
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1")):
+        os.environ.setdefault(key, value)   # what a launcher would set; DeepSpeed insists on LOCAL_RANK
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)

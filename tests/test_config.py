@@ -1,0 +1,89 @@
+"""The job config: YAML + dotted overrides, presets, and one clear error naming the key for each bad value."""
+from __future__ import annotations
+
+import pytest
+
+from cutdist import config
+from cutdist.config import ConfigError, generator_num_layers
+
+BASE = {"data.root": "shards/x"}
+
+
+def load(**overrides):
+    return config.load(None, {**BASE, **overrides})
+
+
+def test_defaults_resolve_the_cut_preset():
+    cfg = load()
+    assert (cfg.loss.lambda_x, cfg.loss.identity, cfg.loss.flip_equivariance) == (1.0, True, False)
+    assert (cfg.optim.epochs, cfg.optim.epochs_decay) == (200, 200)
+
+
+def test_fastcut_preset_and_explicit_values_win():
+    cfg = load(**{"model.mode": "fastcut"})
+    assert (cfg.loss.lambda_x, cfg.loss.identity, cfg.loss.flip_equivariance) == (10.0, False, True)
+    assert (cfg.optim.epochs, cfg.optim.epochs_decay) == (150, 50)
+    cfg = load(**{"model.mode": "fastcut", "loss.lambda_x": 3})
+    assert cfg.loss.lambda_x == 3.0
+
+
+def test_yaml_file_then_overrides(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("name: j\ndata:\n  root: r\nloss:\n  num_patches: 32\n")
+    cfg = config.load(path, ["loss.num_patches=64", "loss.nce_layers=[0,4]", "optim.lr=1e-3", "train.use_gpu=true"])
+    assert cfg.name == "j" and cfg.data.root == "r"
+    assert cfg.loss.num_patches == 64 and cfg.loss.nce_layers == [0, 4]
+    assert cfg.optim.lr == pytest.approx(1e-3) and cfg.train.use_gpu is True
+
+
+def test_round_trip_through_to_dict():
+    cfg = load(**{"train.resources_per_worker": {"CPU": 2, "GPU": 1}})
+    again = config.from_dict(cfg.to_dict())
+    assert again == cfg
+
+
+@pytest.mark.parametrize("key, value, named", [
+    ("loss.lambda_x", -1.0, "loss.lambda_x"),
+    ("loss.lambda_gan", -0.5, "loss.lambda_gan"),
+    ("loss.num_patches", 0, "loss.num_patches"),
+    ("loss.temperature", 0.0, "loss.temperature"),
+    ("loss.nce_layers", [0, 4, 99], "loss.nce_layers"),
+    ("loss.nce_layers", [], "loss.nce_layers"),
+    ("data.crop_size", 512, "data.crop_size"),          # larger than load_size 286
+    ("data.crop_size", 30, "data.crop_size"),           # not a multiple of 4
+    ("train.num_workers", 0, "train.num_workers"),
+    ("train.zero_stage", 2, "train.zero_stage"),
+    ("train.strategy", "fsdp", "train.strategy"),
+    ("train.precision", "fp16", "train.precision"),
+    ("optim.lr", 0.0, "optim.lr"),
+    ("model.mode", "cyclegan", "model.mode"),
+    ("checkpoint.every_steps", 0, "checkpoint.every_steps"),
+    ("loss.num_patches", "many", "loss.num_patches"),   # wrong type
+    ("train.use_gpu", "yes", "train.use_gpu"),          # wrong type
+    ("loss.no_such_key", 1, "loss.no_such_key"),        # unknown key
+    ("nosection.key", 1, "nosection"),
+])
+def test_bad_values_name_their_key(key, value, named):
+    with pytest.raises(ConfigError) as err:
+        load(**{key: value})
+    message = str(err.value)
+    assert message.startswith(named) and "\n" not in message
+
+
+def test_tap_bound_follows_the_generator_depth():
+    n = generator_num_layers(2, True)
+    load(**{"model.n_blocks": 2, "loss.nce_layers": [0, n - 1]})
+    with pytest.raises(ConfigError, match="loss.nce_layers"):
+        load(**{"model.n_blocks": 2, "loss.nce_layers": [0, n]})
+
+
+def test_missing_data_is_named():
+    with pytest.raises(ConfigError, match=r"^data\.root"):
+        config.load(None, {})
+
+
+def test_override_syntax_errors():
+    with pytest.raises(ConfigError, match="key=value"):
+        config.load(None, ["data.root"])
+    with pytest.raises(ConfigError, match="--config"):
+        config.load("/no/such/job.yaml")
