@@ -12,6 +12,15 @@ from cutdist.model.networks import (NLayerDiscriminator, PatchSampleF, ResnetGen
 PAPER_TAPS = [0, 4, 8, 12, 16]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny convolutions: one thread is faster, and far faster on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("antialias", [True, False])
 @pytest.mark.parametrize("n_blocks", [9, 6, 2])
 def test_layer_list_length_matches_config_formula(antialias, n_blocks):
@@ -37,6 +46,7 @@ def test_output_and_tap_shapes(antialias, size):
         assert channels == [3, 16, 32, 32, 32]
         assert [tuple(f.shape[2:]) for f in feats] == [(h + 6, w + 6), (h, w), (h // 2, w // 2), (h // 4, w // 4),
                                                        (h // 4, w // 4)]
+
     else:
         # strided convs: layer 4 = first conv (half size), 8 = second conv's norm (quarter), 12/16 = blocks 3 and 7
         assert channels == [3, 16, 32, 32, 32]
@@ -96,6 +106,19 @@ def test_patch_sampler_uses_the_same_locations_and_caps_at_positions():
     torch.testing.assert_close(again[0], pooled[0])
     other, _ = f(feats, 16, None, torch.Generator().manual_seed(0))
     assert torch.equal(other[0], pooled[0])                           # seeded generator -> same patches
+
+
+def test_patch_sampler_gradients_stay_finite_on_all_zero_features():
+    # At init a tap location can be exactly zero (a conv over an all-zero ReLU patch, zero bias); the MLP maps it
+    # to zero, and the reference's pow(2).sum().pow(0.5) norm would give NaN gradients there.
+    f = init_weights(PatchSampleF([4], nc=8))
+    feat = torch.randn(1, 4, 3, 3)
+    feat[:, :, 1, 1] = 0
+    feat.requires_grad_(True)
+    pooled, _ = f([feat], 9, [torch.arange(9)])
+    pooled[0].sum().backward()
+    assert torch.isfinite(feat.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in f.parameters())
 
 
 def test_patch_sampler_is_eager_and_checks_its_input():

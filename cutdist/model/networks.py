@@ -186,10 +186,16 @@ class NLayerDiscriminator(nn.Module):
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
-    """The reference's ``Normalize(2)``: x / (||x||_2 + 1e-7) over dim 1, here always in float32."""
+    """The reference's ``Normalize(2)``: x / (||x||_2 + 1e-7) over dim 1, here always in float32.
+
+    The reference computes the norm as ``x.pow(2).sum(1).pow(0.5)``, whose gradient is NaN for an all-zero row
+    (0 * inf). Such rows happen: a tap conv reading an all-zero ReLU patch outputs exactly its bias, 0 at init,
+    and F's MLP maps zero to zero at init (the likely cause of NaN runs seen with ngf=8 on a GPU).
+    ``vector_norm`` gives the same values (to float rounding) and a zero subgradient there.
+    """
     with torch.autocast(device_type=x.device.type, enabled=False):
         x = x.float()
-        norm = x.pow(2).sum(1, keepdim=True).pow(0.5)
+        norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
         return x.div(norm + 1e-7)
 
 
