@@ -23,7 +23,8 @@ def _layers(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m cutdist.convert", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m cutdist.convert", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--official-dir", required=True, help="folder holding <epoch>_net_G.pth (and _D, _F)")
     p.add_argument("--out", required=True, help="cutdist checkpoint directory to write (model.pt inside)")
     p.add_argument("--epoch", default="latest", help="file prefix of the official files (default: latest)")

@@ -212,7 +212,8 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m cutdist.translate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m cutdist.translate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="cutdist checkpoint directory (holding model.pt)")
     p.add_argument("--input", required=True, help="image, image folder, .tar shard, quoted shard glob, shard folder")
     p.add_argument("--output", required=True, help="output folder for the PNGs")
