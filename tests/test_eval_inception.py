@@ -1,0 +1,96 @@
+"""The FID Inception: weights from a file / the hub cache / random (labelled), clear errors, activations."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cutdist.eval.inception import (InceptionWeightsError, WEIGHTS_FILENAME, activations, is_random_backbone,
+                                    load_inception)
+from eval_fixtures import WEIGHTS_SEED, as_tensor01, synth_uint8, torch_home, weights_file
+
+
+@pytest.fixture(scope="module")
+def images():
+    """6 images of each demo domain, 32 px."""
+    return as_tensor01(synth_uint8("A", 6, 32)), as_tensor01(synth_uint8("B", 6, 32))
+
+
+def test_random_backbone_is_labelled_deterministic_and_not_degenerate(images):
+    a, b = images
+    model, label = load_inception("random", seed=0)
+    assert label == "RANDOM-INIT-INCEPTION(seed=0) — not a real FID" and is_random_backbone(label)
+    acts_a, acts_b = activations(model, a, batch_size=4), activations(model, b)
+    assert acts_a.shape == (6, 2048) and acts_a.dtype == np.float64
+    # calibrated BN: features vary across images and domains on an FID-like scale (an uncalibrated random net
+    # gives near-constant features, std ~1e-8, and FIDs ~1e-13)
+    assert acts_a.std(axis=0).mean() > 0.05
+    assert np.trace(np.cov(acts_a, rowvar=False)) > 10.0
+    assert np.sum((acts_a.mean(0) - acts_b.mean(0)) ** 2) > 10.0
+    # the same seed rebuilds the same network (its state dict is cached; the network is built anew)
+    same = load_inception("random", seed=0)[0]
+    assert same is not model
+    np.testing.assert_array_equal(activations(same, a[:2]), acts_a[:2])
+
+
+def test_weights_file_loads_with_its_hash_label(images, tmp_path):
+    a, _ = images
+    path = weights_file()
+    model, label = load_inception(str(path))
+    assert label.startswith("pt_inception-2015-12-05 (sha256 ") and not is_random_backbone(label)
+    reference, _ = load_inception("random", seed=WEIGHTS_SEED)   # the file holds exactly these weights
+    np.testing.assert_array_equal(activations(model, a[:2]), activations(reference, a[:2]))
+    # a state dict without num_batches_tracked (older torch.save layouts) loads too
+    older = {k: v for k, v in torch.load(path, weights_only=True).items() if not k.endswith("num_batches_tracked")}
+    torch.save(older, tmp_path / "older.pth")
+    model2, label2 = load_inception(str(tmp_path / "older.pth"))
+    assert label2.startswith("older (sha256 ")
+    np.testing.assert_array_equal(activations(model2, a[:2]), activations(reference, a[:2]))
+
+
+def test_auto_reads_the_torch_hub_cache(monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(torch_home()))
+    _, label = load_inception("auto", download=False)
+    assert label == load_inception(str(weights_file()))[1]
+
+
+def test_missing_weights_is_one_clear_line(tmp_path, monkeypatch):
+    with pytest.raises(InceptionWeightsError) as err:
+        load_inception(str(tmp_path / "nope.pth"))
+    message = str(err.value)
+    assert "\n" not in message and str(tmp_path / "nope.pth") in message and "eval.inception_weights=random" in message
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    expected = tmp_path / "home" / "hub" / "checkpoints" / WEIGHTS_FILENAME
+    with pytest.raises(InceptionWeightsError, match=f"at {expected}"):
+        load_inception("auto", download=False)
+
+    def offline(url, dst, **kwargs):
+        raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(InceptionWeightsError, match=r"download failed: OSError\).*put pt_inception") as err:
+        load_inception("auto")
+    assert str(expected) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_wrong_files_are_clear_errors(tmp_path):
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    with pytest.raises(InceptionWeightsError, match="junk.pth: cannot read"):
+        load_inception(str(tmp_path / "junk.pth"))
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
+    with pytest.raises(InceptionWeightsError, match=r"other.pth: not a pytorch-fid FID-Inception state dict"):
+        load_inception(str(tmp_path / "other.pth"))
+    state = torch.load(weights_file(), weights_only=True)
+    state["fc.bias"] = torch.zeros(10)
+    torch.save(state, tmp_path / "shape.pth")
+    with pytest.raises(InceptionWeightsError, match=r"shape.pth: .*size mismatch for fc.bias"):
+        load_inception(str(tmp_path / "shape.pth"))
+
+
+def test_activations_checks_shape_and_ignores_autocast(images):
+    model, _ = load_inception("random")
+    with pytest.raises(ValueError, match=r"\[N, 3, H, W\]"):
+        activations(model, torch.zeros(2, 1, 32, 32))
+    a = images[0][:2]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        np.testing.assert_array_equal(activations(model, a), activations(model, a))
