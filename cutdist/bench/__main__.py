@@ -8,6 +8,7 @@ SUBCOMMANDS = {
     "data": "cutdist.bench.data",             # unpaired shard stream vs torchvision ImageFolder, images/s
     "train-step": "cutdist.bench.train_step",  # one full CUT step (D, then G+F), images/s, TFLOP/s
     "fid": "cutdist.bench.fid",                # Inception feature extraction, images/s
+    "decode": "cutdist.bench.gpu_decode",      # JPEG decode + augment on the GPU (nvJPEG) vs one CPU core, images/s
 }
 
 
