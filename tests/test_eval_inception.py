@@ -7,21 +7,26 @@ import torch
 
 from cutdist.eval.inception import (InceptionWeightsError, WEIGHTS_FILENAME, activations, is_random_backbone,
                                     load_inception)
-from eval_fixtures import WEIGHTS_SEED, as_tensor01, synth_uint8, torch_home, weights_file
+from eval_fixtures import as_tensor01, synth_uint8, torch_home, weights_file
 
 
 @pytest.fixture(scope="module")
 def images():
-    """6 images of each demo domain, 32 px."""
-    return as_tensor01(synth_uint8("A", 6, 32)), as_tensor01(synth_uint8("B", 6, 32))
+    """4 images of each demo domain, 32 px."""
+    return as_tensor01(synth_uint8("A", 4, 32)), as_tensor01(synth_uint8("B", 4, 32))
 
 
-def test_random_backbone_is_labelled_deterministic_and_not_degenerate(images):
-    a, b = images
+@pytest.fixture(scope="module")
+def random_model(images):
     model, label = load_inception("random", seed=0)
+    return model, label, activations(model, images[0], batch_size=3)
+
+
+def test_random_backbone_is_labelled_deterministic_and_not_degenerate(images, random_model):
+    model, label, acts_a = random_model
     assert label == "RANDOM-INIT-INCEPTION(seed=0) — not a real FID" and is_random_backbone(label)
-    acts_a, acts_b = activations(model, a, batch_size=4), activations(model, b)
-    assert acts_a.shape == (6, 2048) and acts_a.dtype == np.float64
+    acts_b = activations(model, images[1])
+    assert acts_a.shape == (4, 2048) and acts_a.dtype == np.float64
     # calibrated BN: features vary across images and domains on an FID-like scale (an uncalibrated random net
     # gives near-constant features, std ~1e-8, and FIDs ~1e-13)
     assert acts_a.std(axis=0).mean() > 0.05
@@ -30,22 +35,22 @@ def test_random_backbone_is_labelled_deterministic_and_not_degenerate(images):
     # the same seed rebuilds the same network (its state dict is cached; the network is built anew)
     same = load_inception("random", seed=0)[0]
     assert same is not model
-    np.testing.assert_array_equal(activations(same, a[:2]), acts_a[:2])
+    np.testing.assert_array_equal(activations(same, images[0][:1]), acts_a[:1])
 
 
-def test_weights_file_loads_with_its_hash_label(images, tmp_path):
-    a, _ = images
+def test_weights_file_loads_with_its_hash_label(images, random_model, tmp_path):
+    first = images[0][:1]
     path = weights_file()
     model, label = load_inception(str(path))
     assert label.startswith("pt_inception-2015-12-05 (sha256 ") and not is_random_backbone(label)
-    reference, _ = load_inception("random", seed=WEIGHTS_SEED)   # the file holds exactly these weights
-    np.testing.assert_array_equal(activations(model, a[:2]), activations(reference, a[:2]))
+    # the file holds the random backbone's seed-0 weights
+    np.testing.assert_array_equal(activations(model, first), random_model[2][:1])
     # a state dict without num_batches_tracked (older torch.save layouts) loads too
     older = {k: v for k, v in torch.load(path, weights_only=True).items() if not k.endswith("num_batches_tracked")}
     torch.save(older, tmp_path / "older.pth")
     model2, label2 = load_inception(str(tmp_path / "older.pth"))
     assert label2.startswith("older (sha256 ")
-    np.testing.assert_array_equal(activations(model2, a[:2]), activations(reference, a[:2]))
+    np.testing.assert_array_equal(activations(model2, first), random_model[2][:1])
 
 
 def test_auto_reads_the_torch_hub_cache(monkeypatch):
@@ -87,10 +92,9 @@ def test_wrong_files_are_clear_errors(tmp_path):
         load_inception(str(tmp_path / "shape.pth"))
 
 
-def test_activations_checks_shape_and_ignores_autocast(images):
-    model, _ = load_inception("random")
+def test_activations_checks_shape_and_ignores_autocast(images, random_model):
+    model, _, acts_a = random_model
     with pytest.raises(ValueError, match=r"\[N, 3, H, W\]"):
         activations(model, torch.zeros(2, 1, 32, 32))
-    a = images[0][:2]
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        np.testing.assert_array_equal(activations(model, a), activations(model, a))
+    with torch.autocast("cpu", dtype=torch.bfloat16):   # a training loop's bf16 autocast must not leak in
+        np.testing.assert_array_equal(activations(model, images[0][:1]), acts_a[:1])

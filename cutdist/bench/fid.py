@@ -109,7 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cutdist-bench-fid-") as tmp:
         init_file, out_file = os.path.join(tmp, "init"), os.path.join(tmp, "result.json")
         if args.workers == 1:
-            _measure(0, 1, args, init_file, out_file)
+            import torch
+            threads = torch.get_num_threads()
+            try:
+                _measure(0, 1, args, init_file, out_file)
+            finally:
+                torch.set_num_threads(threads)
         else:
             import torch.multiprocessing as mp
             if not args.device.startswith("cuda"):   # numpy's BLAS too: oversubscribed OpenBLAS slows down badly

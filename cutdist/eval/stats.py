@@ -118,7 +118,8 @@ def load_stats(path: str | Path, *, with_meta: bool = False):
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except Exception as err:   # missing, truncated, not a zip, pickled objects
-        raise ValueError(f"{path}: cannot read FID statistics ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+        detail = str(err).splitlines()[0] if str(err) else ""
+        raise ValueError(f"{path}: cannot read FID statistics ({type(err).__name__}: {detail})") from None
     if "mu" not in arrays or "sigma" not in arrays:
         raise ValueError(f"{path}: not FID statistics (needs arrays 'mu' and 'sigma', has {sorted(arrays)})")
     mu, sigma = arrays.pop("mu").astype(np.float64), arrays.pop("sigma").astype(np.float64)
