@@ -25,7 +25,7 @@ SMOKE = ROOT / "jobs" / "smoke.yaml"
 def shards(tmp_path_factory):
     from cutdist.data.synth import write_synth_dataset
     root = tmp_path_factory.mktemp("shards")
-    write_synth_dataset(root, size=32, count=16, test_count=8, seed=0)
+    write_synth_dataset(root, size=32, count=16, test_count=4, seed=0)
     return root
 
 
@@ -91,8 +91,10 @@ def test_resume_refuses_another_architecture(shards, tmp_path):
 
 
 def test_samples_logs_and_retention(shards, tmp_path):
+    # also the fast-path switches: bf16 autocast and channels_last
     cfg = smoke_cfg(shards, tmp_path, **{"optim.max_steps": 7, "checkpoint.every_steps": 2,
-                                         "checkpoint.num_to_keep": 2, "logging.every_steps": 2})
+                                         "checkpoint.num_to_keep": 2, "logging.every_steps": 2,
+                                         "train.precision": "bf16", "train.channels_last": True})
     metrics, ctx = train(cfg, tmp_path / "run")
     run = tmp_path / "run"
     kept = sorted(p.name for p in run.glob("checkpoint_*"))
@@ -116,7 +118,7 @@ def test_fid_during_training_keeps_the_best_checkpoint(shards, tmp_path):
     cfg = smoke_cfg(shards, tmp_path, **{"optim.max_steps": 20, "optim.epochs": 2, "checkpoint.every_steps": 5,
                                          "checkpoint.num_to_keep": 1, "logging.every_steps": 5,
                                          "logging.sample_every_steps": 100, "eval.enabled": True,
-                                         "eval.every": 1, "eval.max_images": 6, "eval.batch_size": 6,
+                                         "eval.every": 1, "eval.max_images": 4, "eval.batch_size": 4,
                                          "eval.cache_dir": str(tmp_path / "fidcache")})
     metrics, ctx = train(cfg, tmp_path / "run")
     evals = [m for m in read_metrics(tmp_path / "run") if "fid" in m]
@@ -124,7 +126,7 @@ def test_fid_during_training_keeps_the_best_checkpoint(shards, tmp_path):
     for m in evals:
         assert m["fid"] > 0 and math.isfinite(m["fid"])
         assert m["fid_real"] is False and "RANDOM" in m["fid_backbone"]
-        assert m["fid_n_images"] == 6 and m["ckpt_fid"] == m["fid"]
+        assert m["fid_n_images"] == 4 and m["ckpt_fid"] == m["fid"]
     best_step = min(evals, key=lambda m: m["fid"])["step"]
     kept = {int(p.name.split("_")[1]) for p in (tmp_path / "run").glob("checkpoint_*")}
     assert kept == {best_step, 20}

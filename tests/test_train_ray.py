@@ -111,7 +111,7 @@ def head():
 def shards(tmp_path_factory):
     from cutdist.data.synth import write_synth_dataset
     root = tmp_path_factory.mktemp("shards")
-    write_synth_dataset(root, size=32, count=16, test_count=8, seed=0)
+    write_synth_dataset(root, size=32, count=16, test_count=4, seed=0)
     return root
 
 

@@ -57,8 +57,7 @@ class RayContext(WorkerContext):
         import ray.train
         import ray.train.torch
 
-        # Ray logs every report's full metrics at INFO from this module; our own console line says it better.
-        logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
+        _quiet_ray_report_log()
         ctx = ray.train.get_context()
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
@@ -81,6 +80,16 @@ class RayContext(WorkerContext):
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         # Only rank 0 holds a checkpoint (the state is consolidated); Ray uses rank 0's directory name.
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(step))
+
+
+def _quiet_ray_report_log() -> None:
+    """Ray Train logs every report's full metrics at INFO (a logger named after its file); our console line
+    says the same more readably, so only its warnings stay."""
+    try:
+        from ray.train.v2._internal.execution import context as ray_context
+    except ImportError:   # another Ray layout: keep its logging as it is
+        return
+    logging.getLogger(ray_context.__file__).setLevel(logging.WARNING)
 
 
 @dataclass

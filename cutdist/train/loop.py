@@ -385,8 +385,9 @@ def run_local(cfg: JobConfig, splits: Any, *, run_dir: Path, resume_from: str | 
     """The same loop in this process, world size 1, no Ray: checkpoints land in ``run_dir``."""
     from cutdist.train.context import init_single_process_group
 
+    device = torch.device(device)
     if cfg.train.strategy == "deepspeed":
-        init_single_process_group()
-    ctx = LocalContext(run_dir=Path(run_dir), num_to_keep=cfg.checkpoint.num_to_keep, device=torch.device(device))
+        init_single_process_group("nccl" if device.type == "cuda" else "gloo")
+    ctx = LocalContext(run_dir=Path(run_dir), num_to_keep=cfg.checkpoint.num_to_keep, device=device)
     metrics = run_training(ctx, cfg, splits, resume_from=resume_from, logs_dir=Path(run_dir), started_at=time.time())
     return metrics, ctx
