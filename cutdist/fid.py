@@ -6,8 +6,12 @@ Each PATH is one of:
   (default: the split's own size when all its images share one, from the manifest);
 - an ``.npz`` of statistics in pytorch-fid's format (``mu``, ``sigma``), e.g. written by ``--save-stats``.
 
-Prints ``FID <value> (backbone: <label>)``. ``--save-stats OUT.npz`` writes the statistics of PATH_A (PATH_B
-may then be omitted) with the backbone label and image count as metadata. Errors are one line and exit 2.
+Prints ``FID <value> (backbone: <label>; <n_a> vs <n_b> images)`` on stdout; a progress bar and notes go to
+stderr. ``--weights``: a .pth path, ``auto`` (torch hub cache, downloaded where the network allows) or
+``random`` (a seeded random-init backbone for offline demos: warned about, and its label says it is not a
+real FID). An .npz made here carries its backbone label and must match the one in use; pytorch-fid's own
+.npz carry none and are assumed to match. ``--save-stats OUT.npz`` writes the statistics of PATH_A (PATH_B may
+then be omitted) with the backbone label and image count as metadata. Errors are one line and exit 2.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ class UsageError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m cutdist.fid", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m cutdist.fid", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("path_a", metavar="PATH_A", help="image folder, shard directory or .npz statistics")
     p.add_argument("path_b", metavar="PATH_B", nargs="?", help="the second set (omit with --save-stats)")
