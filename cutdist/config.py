@@ -109,6 +109,7 @@ class TrainConfig:
     precision: str = "fp32"           # fp32 | bf16 (autocast; PatchNCE logits stay fp32)
     channels_last: bool = False
     compile: bool = False             # torch.compile G, D, F (eager with a warning if it fails)
+    compile_mode: str = "default"     # torch.compile mode (cutdist.model.fastpath.COMPILE_MODES); reduce-overhead = CUDA graphs
     zero_stage: int = 1               # DeepSpeed ZeRO stage: 0 or 1 (2+ is refused, DeepSpeed#4923)
 
 
@@ -401,6 +402,7 @@ def validate(cfg: JobConfig) -> JobConfig:
     _check(t.num_workers >= 1, "train.num_workers", f"must be >= 1, got {t.num_workers}")
     _one_of(cfg, "train.strategy", ["ddp", "deepspeed"])
     _one_of(cfg, "train.precision", ["fp32", "bf16"])
+    _one_of(cfg, "train.compile_mode", ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
     _check(t.zero_stage in (0, 1), "train.zero_stage",
            f"ZeRO stage {t.zero_stage} is not supported: two DeepSpeed engines (D and G+F) are broken across "
            "ranks at stage 2+ (DeepSpeed#4923); use 0 or 1")

@@ -78,8 +78,8 @@ def tiny_job(mode: str, batch: int) -> config.JobConfig:
 
 def test_step_flops_are_linear_in_the_batch():
     """Every counted op (convolutions, F's MLP rows, PatchNCE's per-image logits) scales with the batch exactly."""
-    one = count_step_flops(Bench(tiny_job("cut", 1), torch.device("cpu"), "default"))
-    three = count_step_flops(Bench(tiny_job("cut", 3), torch.device("cpu"), "default"))
+    one = count_step_flops(Bench(tiny_job("cut", 1), torch.device("cpu")))
+    three = count_step_flops(Bench(tiny_job("cut", 3), torch.device("cpu")))
     assert one["flops_per_step"] > 0 and three["flops_per_step"] == 3 * one["flops_per_step"]
 
 

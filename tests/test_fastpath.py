@@ -56,9 +56,9 @@ failing_backward_backend = aot_autograd(fw_compiler=_ok, bw_compiler=failing_bac
 
 @pytest.mark.parametrize("backend", [failing_backend, failing_backward_backend], ids=["forward", "backward"])
 def test_compile_failure_falls_back_to_eager_with_a_warning_naming_net_and_cause(backend):
-    plain = Bench(tiny(**ONE_BLOCK), CPU, "default")
+    plain = Bench(tiny(**ONE_BLOCK), CPU)
     expected = steps(plain, 2)
-    bench = Bench(tiny(**ONE_BLOCK, **{"train.compile": True}), CPU, "default")
+    bench = Bench(tiny(**ONE_BLOCK, **{"train.compile": True}), CPU)
     bench.apply_fast_path(backend)
     with pytest.warns(CompileFallbackWarning) as caught:
         got = steps(bench, 2)
@@ -72,10 +72,10 @@ def test_compile_failure_falls_back_to_eager_with_a_warning_naming_net_and_cause
 
 @pytest.mark.slow
 def test_compiled_step_matches_the_eager_step_and_keeps_state_dict_keys():
-    plain = Bench(tiny(**ONE_BLOCK), CPU, "default")
+    plain = Bench(tiny(**ONE_BLOCK), CPU)
     keys = {name: list(getattr(plain.nets, name).state_dict()) for name in ("g", "d", "f")}
     expected = steps(plain, 2)
-    bench = Bench(tiny(**ONE_BLOCK, **{"train.compile": True}), CPU, "default")
+    bench = Bench(tiny(**ONE_BLOCK, **{"train.compile": True}), CPU)
     bench.apply_fast_path("aot_eager")     # dynamo + AOTAutograd without inductor's C++ build (minutes on 2 cores)
     with warnings.catch_warnings():
         warnings.simplefilter("error", CompileFallbackWarning)
@@ -91,9 +91,9 @@ def test_channels_last_puts_weights_and_inputs_in_nhwc_and_matches_nchw():
     """Measured over 4 seeds: step 1 (same weights) <= 3e-7 relative, step 2 <= 7e-4 (Adam's first update is
     +-lr wherever a gradient is ~0, so rounding-level gradient differences move weights by ~lr). Tolerances: 1e-5
     and 5e-3."""
-    plain = Bench(tiny(), CPU, "default")
+    plain = Bench(tiny(), CPU)
     expected = steps(plain, 2)
-    bench = Bench(tiny(**{"train.channels_last": True}), CPU, "default")
+    bench = Bench(tiny(**{"train.channels_last": True}), CPU)
     bench.apply_fast_path("inductor")    # compile is off: only the memory format changes
     convs = [m for m in bench.nets.g.modules() if isinstance(m, torch.nn.Conv2d)]
     assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
@@ -114,8 +114,8 @@ def test_bf16_steps_stay_within_stated_tolerance_of_fp32(mode):
     weight by ~lr whatever the gradient's size, so rounding-level gradient differences show) <= 2.4 %.
     Stated tolerances: 1 % at step 1, 10 % at step 2 (>= 3.5x margin). The losses must also differ somewhere
     (> 1e-6), so the test fails if autocast silently did nothing."""
-    fp32 = steps(Bench(tiny(mode), CPU, "default"), 2)
-    bf16 = steps(Bench(tiny(mode, **{"train.precision": "bf16"}), CPU, "default"), 2)
+    fp32 = steps(Bench(tiny(mode), CPU), 2)
+    bf16 = steps(Bench(tiny(mode, **{"train.precision": "bf16"}), CPU), 2)
     largest = 0.0
     for f, b, tol in zip(fp32, bf16, (0.01, 0.10)):
         assert f.keys() == b.keys()
@@ -134,7 +134,7 @@ def test_no_host_read_inside_a_step(monkeypatch, mode):
     """Every way to read a tensor's value on the host is spied on during a whole step (fused Adam, which keeps its
     step counter in a tensor). CUT: none at all. FastCUT: exactly one, the flip coin, a 0-dim bool drawn from the
     CPU flip generator by contract (never a device value). The CUDA check (set_sync_debug_mode) is in the bench."""
-    bench = Bench(tiny(mode, **{"optim.fused": True}), CPU, "default")
+    bench = Bench(tiny(mode, **{"optim.fused": True}), CPU)
     bench.step()   # optimiser state exists before spying
     reads = []
     for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__", "__array__"):
@@ -154,7 +154,7 @@ def test_no_host_read_inside_a_step(monkeypatch, mode):
 
 def test_the_spy_sees_a_planted_item(monkeypatch):
     """The spy above can fail: a step that reads a loss with .item() is caught."""
-    bench = Bench(tiny(), CPU, "default")
+    bench = Bench(tiny(), CPU)
     reads = []
     original = torch.Tensor.item
     monkeypatch.setattr(torch.Tensor, "item", lambda self: reads.append("item") or original(self))
@@ -172,8 +172,16 @@ def test_the_spy_sees_a_planted_item(monkeypatch):
     assert "item" in reads
 
 
+def test_config_accepts_exactly_the_fast_path_compile_modes():
+    from cutdist.model.fastpath import COMPILE_MODES
+    for mode in COMPILE_MODES:
+        assert tiny(**{"train.compile_mode": mode}).train.compile_mode == mode
+    with pytest.raises(config.ConfigError, match="train.compile_mode"):
+        tiny(**{"train.compile_mode": "fastest"})
+
+
 def test_apply_fast_path_rejects_bad_arguments():
-    bench = Bench(tiny(), CPU, "default")
+    bench = Bench(tiny(), CPU)
     with pytest.raises(ValueError, match="compile_mode"):
         apply_fast_path(bench.nets, compile=True, compile_mode="fastest")
     apply_fast_path(bench.nets, compile=True, backend="aot_eager")

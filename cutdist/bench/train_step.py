@@ -90,7 +90,8 @@ def _job(args: argparse.Namespace) -> config.JobConfig:
               "loss.nce_layers": layers, "loss.num_patches": args.num_patches,
               "data.root": "(bench: synthetic tensors)", "data.crop_size": args.size, "data.load_size": args.size,
               "data.batch_size": args.batch, "train.precision": args.precision, "train.compile": args.compile,
-              "train.channels_last": args.channels_last, "optim.fused": args.fused_adam, "train.seed": args.seed}
+              "train.channels_last": args.channels_last, "train.compile_mode": args.compile_mode,
+              "optim.fused": args.fused_adam, "train.seed": args.seed}
     try:
         return config.from_dict(values)
     except config.ConfigError as err:
@@ -132,8 +133,8 @@ def _seed_for_coin(value: bool) -> int:
 class Bench:
     """Networks, optimisers, fixed inputs and generators for repeated ``cut_step`` calls."""
 
-    def __init__(self, cfg: config.JobConfig, device: torch.device, compile_mode: str) -> None:
-        self.cfg, self.device, self.compile_mode = cfg, device, compile_mode
+    def __init__(self, cfg: config.JobConfig, device: torch.device) -> None:
+        self.cfg, self.device, self.compile_mode = cfg, device, cfg.train.compile_mode
         torch.manual_seed(cfg.train.seed)
         self.nets = build_nets(cfg)
         for name in ("g", "d", "f"):
@@ -269,7 +270,7 @@ def describe(args: argparse.Namespace, cfg: config.JobConfig, device: torch.devi
 
 def run(args: argparse.Namespace, cfg: config.JobConfig, device: torch.device, result: dict[str, Any]) -> None:
     """Fill ``result`` with the measurements (it already holds ``describe``'s fields)."""
-    bench = Bench(cfg, device, args.compile_mode)
+    bench = Bench(cfg, device)
     if not args.no_flops:
         t0 = time.perf_counter()
         result.update(count_step_flops(bench))     # eager, before the fast path; also warms cuDNN up
