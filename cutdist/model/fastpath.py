@@ -67,7 +67,9 @@ class CompiledForward:
                  backend: str | Callable = "inductor") -> None:
         self.name = name
         self.eager_forward = eager_forward
-        options: dict[str, Any] = {"backend": backend}
+        # Static shapes: D sees 2B images in its own step and B in G's; without dynamic=False the second shape
+        # would turn the batch dimension symbolic (slower kernels, no CUDA graphs). Each shape gets its own graph.
+        options: dict[str, Any] = {"backend": backend, "dynamic": False}
         if backend == "inductor":
             options["mode"] = mode
         self.compiled_forward = torch.compile(eager_forward, **options)
