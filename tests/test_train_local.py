@@ -168,3 +168,23 @@ def test_deepspeed_zero1_single_process_matches_ddp_and_resumes(shards, tmp_path
         got = weights(tmp_path / other / "checkpoint_000000004")
         for k in ref:   # same objective, same Adam: equal up to float reassociation
             torch.testing.assert_close(got[k], ref[k], rtol=1e-5, atol=1e-6, msg=f"{other}: {k}")
+
+
+def test_build_trainer_settings(shards, tmp_path):
+    """The one TorchTrainer: scaling, storage, retention by FID, failures, backend; Tune's name/storage override."""
+    from cutdist.data import resolve_splits
+    from cutdist.train.launcher import CKPT_SCORE, build_trainer
+
+    cfg = smoke_cfg(shards, tmp_path, **{"train.num_workers": 3, "train.resources_per_worker": {"CPU": 2},
+                                         "checkpoint.max_failures": 2, "checkpoint.num_to_keep": 4})
+    trainer = build_trainer(cfg, resolve_splits(cfg.data), name="trial_7", storage=str(tmp_path / "sweep"))
+    scaling, run = trainer.scaling_config, trainer.run_config
+    assert (scaling.num_workers, scaling.use_gpu, scaling.resources_per_worker) == (3, False, {"CPU": 2.0})
+    assert run.name == "trial_7" and run.storage_path == str(tmp_path / "sweep")
+    assert run.failure_config.max_failures == 2
+    ckpt = run.checkpoint_config
+    assert (ckpt.num_to_keep, ckpt.checkpoint_score_attribute, ckpt.checkpoint_score_order) == (4, CKPT_SCORE, "min")
+    assert trainer.backend_config.backend == "gloo"
+    loop = trainer.train_loop_config
+    assert loop["logs_dir"] == str(tmp_path / "sweep" / "trial_7")
+    assert loop["config"]["name"] == "trial_7" and Path(loop["splits"].train_a[0]).is_absolute()

@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         splits = resolve_splits(cfg.data)   # writes the demo shards first when data.synth_if_missing
     except DataError as err:
         return fail(str(err))
+    if cfg.eval.enabled and not (splits.test_a and splits.test_b):
+        return fail(f"eval.enabled: {splits.manifest or cfg.data.root} has no testA/testB split to compute FID on "
+                    "(add them, or set eval.enabled=false)")
     if cfg.eval.enabled:
         problem = check_inception_weights(cfg.eval.inception_weights)
         if problem:

@@ -117,12 +117,16 @@ def build_trainer(cfg: JobConfig, splits: Any, *, resume_from: str = "", started
 
     from cutdist.train.loop import train_loop_per_worker
 
+    if name or storage:   # one run (e.g. a Tune trial) elsewhere: checkpoints, logs and saved config agree
+        cfg = copy.deepcopy(cfg)
+        cfg.name = name or cfg.name
+        cfg.storage_path = storage or cfg.storage_path
     t = cfg.train
     resources = dict(t.resources_per_worker) or None
     scaling = ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources)
     run = RunConfig(
-        name=name or cfg.name,
-        storage_path=storage or storage_path(cfg),
+        name=cfg.name,
+        storage_path=storage_path(cfg),
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep,
                                            checkpoint_score_attribute=CKPT_SCORE, checkpoint_score_order="min"),
         failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),

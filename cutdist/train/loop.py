@@ -353,7 +353,7 @@ class FidEvaluator:
         if ctx.rank == 0:
             ref = list(reference_stats(splits.test_b, model=self.model, backbone=self.backbone,
                                        size=cfg.data.crop_size, batch_size=cfg.eval.batch_size, device=ctx.device,
-                                       cache_dir=cfg.eval.cache_dir or None, manifest=splits.manifest))
+                                       cache_dir=cfg.eval.cache_dir, manifest=splits.manifest))
         if ctx.world_size > 1:
             dist.broadcast_object_list(ref, src=0)
         self.ref_mu, self.ref_sigma = ref
