@@ -1,0 +1,98 @@
+"""One sweep trial: a Ray Tune function trainable that runs one full distributed training job (a TorchTrainer).
+
+Per trial: the trial's job = base job + the space's fixed values + command-line overrides + the sampled values
+(``Space.trial_config``), named ``<trial id>`` under ``<sweep dir>/runs`` (so a restarted trial finds its own
+Ray Train run and resumes it from its last checkpoint), built by ``cutdist.train.launcher.build_trainer``
+with ``FidReportCallback``: the workers' evaluation reports (those carrying ``fid``) reach Tune, one Tune
+result per FID evaluation, with ``checkpoint_path`` the checkpoint measured with that FID; and with
+``cutdist.tune.cleanup.RecordPlacementGroup``, so the driver can free the workers of a stopped trial.
+
+Resources: the trial itself only waits on its TorchTrainer, so it reserves no CPU, only ``TRIAL_MEMORY`` bytes
+of memory (a Tune placement group needs some resource); the trainer's workers ask for the job's
+``train.num_workers`` x ``train.resources_per_worker`` as usual. ``trials_that_fit`` says how many trials the
+cluster can hold at once.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from cutdist.config import JobConfig
+from cutdist.tune.space import Space
+
+TRIAL_MEMORY = 256 * 1024 * 1024
+RUNS_DIR = "runs"
+
+
+def trial_resources() -> dict[str, float]:
+    return {"cpu": 0, "memory": TRIAL_MEMORY}
+
+
+def worker_resources(cfg: JobConfig) -> dict[str, float]:
+    """What one Ray Train worker of the job asks for, as Ray's ScalingConfig computes it (default: 1 CPU; with
+    use_gpu: 1 GPU and no CPU)."""
+    per_worker = {k: float(v) for k, v in cfg.train.resources_per_worker.items() if v != 0}
+    if not cfg.train.resources_per_worker:
+        per_worker = {} if cfg.train.use_gpu else {"CPU": 1.0}
+    if cfg.train.use_gpu:
+        per_worker.setdefault("GPU", 1.0)
+    return per_worker
+
+
+def trials_that_fit(cfg: JobConfig, cluster: dict[str, float]) -> int:
+    """How many trials of this job the cluster's current resources hold at once (0: not even one)."""
+    per_trial = {k: v * cfg.train.num_workers for k, v in worker_resources(cfg).items() if v > 0}
+    per_trial["memory"] = per_trial.get("memory", 0.0) + TRIAL_MEMORY
+    fits = [math.floor(cluster.get(k, 0.0) / v + 1e-9) for k, v in per_trial.items()]
+    return max(0, min(fits))
+
+
+def runs_dir(sweep_dir: str) -> str:
+    return f"{sweep_dir.rstrip('/')}/{RUNS_DIR}"
+
+
+def trial_job(space: Space, sampled: dict[str, Any], sweep_dir: str, trial_id: str) -> JobConfig:
+    """The trial's job, placed at ``<sweep_dir>/runs/<trial_id>`` (its Ray Train run and logs)."""
+    cfg = space.trial_config(sampled)
+    cfg.name = trial_id
+    cfg.storage_path = runs_dir(sweep_dir)
+    return cfg
+
+
+def planned_steps(cfg: JobConfig, num_train_a: int) -> int:
+    """The step at which this job's training ends (the same arithmetic as the training loop's schedule)."""
+    from cutdist.data.stream import steps_per_epoch
+    from cutdist.train.loop import Schedule
+
+    return Schedule(steps_per_epoch(num_train_a, cfg.data.batch_size, cfg.train.num_workers),
+                    cfg.data.batch_size * cfg.train.num_workers, cfg.optim.epochs + cfg.optim.epochs_decay,
+                    cfg.optim.max_steps).total_steps
+
+
+def make_fid_report_callback():
+    """A ``TuneReportCallback`` that forwards only the reports carrying an FID (one Tune result per evaluation),
+    so the scheduler sees the metric in every result and ``training_iteration`` counts evaluations."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class FidReportCallback(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            if metrics and "fid" in metrics[0]:
+                super().after_report(run_context, metrics, checkpoint)
+
+    return FidReportCallback()
+
+
+def run_trial(sampled: dict[str, Any], *, space: Space, sweep_dir: str) -> None:
+    """The Tune function trainable: build the trial's job and run its TorchTrainer to the end (or until the
+    scheduler stops the trial). A training failure raises, so Tune records the trial as ERROR."""
+    import ray.tune
+
+    from cutdist.data import resolve_splits
+    from cutdist.train.launcher import build_trainer, resolve_resume, run_dir
+    from cutdist.tune.cleanup import PG_FILE, RecordPlacementGroup
+
+    cfg = trial_job(space, sampled, sweep_dir, ray.tune.get_context().get_trial_id())
+    splits = resolve_splits(cfg.data)
+    callbacks = [make_fid_report_callback(), RecordPlacementGroup(f"{run_dir(cfg)}/{PG_FILE}")]
+    trainer = build_trainer(cfg, splits, resume_from=resolve_resume(cfg), callbacks=callbacks)
+    trainer.fit()   # raises ray.train.TrainingFailedError when the run fails
