@@ -111,6 +111,7 @@ def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from
     """Train on this worker; returns the last metrics reported (the same on every rank except logs)."""
     from cutdist.data.stream import steps_per_epoch, unpaired_loader
     from cutdist.model.cut import cut_step, lr_factor
+    from cutdist.model.fastpath import apply_fast_path, begin_step, to_input_format
     from cutdist.model.io import load_model
     from cutdist.model.networks import build_nets
 
@@ -120,17 +121,10 @@ def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
-    if cfg.train.compile:
-        import torch._dynamo as dynamo
-        dynamo.config.suppress_errors = True   # a graph that fails to compile runs eagerly, with a warning
-
     # ---- networks: same init everywhere, then the checkpoint if there is one, then the strategy's wrapping
     plain = build_nets(cfg)
     for name in ("g", "d", "f"):
-        module = getattr(plain, name).to(device)
-        if cfg.train.channels_last:
-            module = module.to(memory_format=torch.channels_last)
-        setattr(plain, name, module)
+        setattr(plain, name, getattr(plain, name).to(device))
 
     ckpt_dir = ctx.resume_checkpoint()
     if ckpt_dir is None and resume_from:
@@ -145,6 +139,12 @@ def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from
             getattr(plain, name).load_state_dict(model_state[name])
         train_state = load_train_state(ckpt_dir)
 
+    # channels_last / torch.compile: the same switches, applied the same way, as ``python -m cutdist.bench
+    # train-step`` measures them; on the plain modules, before any DDP / DeepSpeed wrapping.
+    apply_fast_path(plain, channels_last=cfg.train.channels_last, compile=cfg.train.compile,
+                    compile_mode=cfg.train.compile_mode)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True   # fixed crop size: cuDNN's autotuned kernels pay off
     strategy = build_strategy(cfg, plain, device, ctx.world_size)
     pos, best_fid = Position(), None
     if train_state is not None:
@@ -188,11 +188,9 @@ def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from
             seen = i + 1
             if i < skip:   # resuming mid-epoch: the stream is deterministic, so skip what was consumed
                 continue
-            real_a = batch["a"].to(device, non_blocking=True)
-            real_b = batch["b"].to(device, non_blocking=True)
-            if cfg.train.channels_last:
-                real_a = real_a.contiguous(memory_format=torch.channels_last)
-                real_b = real_b.contiguous(memory_format=torch.channels_last)
+            real_a = to_input_format(batch["a"].to(device, non_blocking=True), cfg.train.channels_last)
+            real_b = to_input_format(batch["b"].to(device, non_blocking=True), cfg.train.channels_last)
+            begin_step(cfg.train.compile_mode if cfg.train.compile else "default")
             gen = torch.Generator(device=device)
             gen.manual_seed(step_seed(seed, ctx.rank, pos.step, 0))
             flip_gen = torch.Generator()

@@ -71,11 +71,6 @@ def build_strategy(cfg: JobConfig, plain: CUTNets, device: torch.device, world_s
     raise ValueError(f"train.strategy: unknown strategy {cfg.train.strategy!r}")
 
 
-def _maybe_compile(module: Any, cfg: JobConfig) -> Any:
-    """``torch.compile`` when ``train.compile`` (the loop sets dynamo to fall back to eager where it fails)."""
-    return torch.compile(module) if cfg.train.compile else module
-
-
 # ------------------------------------------------------------------------------------------------------ DDP
 
 def _ddp(cfg: JobConfig, plain: CUTNets, device: torch.device, world_size: int) -> Strategy:
@@ -89,7 +84,6 @@ def _ddp(cfg: JobConfig, plain: CUTNets, device: torch.device, world_size: int) 
         nets = WrappedNets(g=wrap(plain.g), d=wrap(plain.d), f=wrap(plain.f))
     else:
         nets = WrappedNets(g=plain.g, d=plain.d, f=plain.f)
-    nets = WrappedNets(*(_maybe_compile(m, cfg) for m in (nets.g, nets.d, nets.f)))
     # DDP averages gradients inside backward, so the local updater is the distributed one.
     return Strategy("ddp", nets, plain, LocalUpdater(optimizers), optimizers)
 
@@ -235,9 +229,9 @@ def _deepspeed(cfg: JobConfig, plain: CUTNets, device: torch.device) -> Strategy
     hyper = {k: [{h: v for h, v in g.items() if h != "params"} for g in opt.param_groups]
              for k, opt in optimizers.items()}
     ds_cfg = deepspeed_config(cfg)
-    gf = GeneratorAndF(_maybe_compile(plain.g, cfg), _maybe_compile(plain.f, cfg))
+    gf = GeneratorAndF(plain.g, plain.f)
     engine_gf, *_ = deepspeed.initialize(model=gf, optimizer=optimizers["gf"], config=ds_cfg)
-    engine_d, *_ = deepspeed.initialize(model=_maybe_compile(plain.d, cfg), optimizer=optimizers["d"],
+    engine_d, *_ = deepspeed.initialize(model=plain.d, optimizer=optimizers["d"],
                                         config=ds_cfg)
     engines = {"d": engine_d, "gf": engine_gf}
     nets = WrappedNets(g=_EngineBranch(engine_gf, "g"), d=engine_d, f=_EngineBranch(engine_gf, "f"))
