@@ -388,6 +388,11 @@ def validate(cfg: JobConfig) -> JobConfig:
     _check(d.crop_size >= 4, "data.crop_size", f"must be >= 4, got {d.crop_size}")
     _check(d.crop_size % 4 == 0, "data.crop_size",
            f"must be a multiple of 4 (two down-samplings), got {d.crop_size}")
+    _check(d.crop_size >= 8, "data.crop_size",
+           f"must be >= 8 (the generator's reflection padding at 1/4 resolution), got {d.crop_size}")
+    # The PatchGAN halves the crop n_layers_d times, then two 4x4 convs (padding 1) each take one pixel off.
+    _check(d.crop_size >= 3 * 2 ** m.n_layers_d, "data.crop_size",
+           f"crop {d.crop_size} is too small for model.n_layers_d={m.n_layers_d} (needs >= {3 * 2 ** m.n_layers_d})")
     _check(d.load_size >= 1, "data.load_size", f"must be >= 1, got {d.load_size}")
     if d.preprocess != "none":
         _check(d.crop_size <= d.load_size, "data.crop_size",

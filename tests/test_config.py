@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from cutdist import config
 from cutdist.config import ConfigError, generator_num_layers
@@ -75,6 +76,19 @@ def test_tap_bound_follows_the_generator_depth():
     load(**{"model.n_blocks": 2, "loss.nce_layers": [0, n - 1]})
     with pytest.raises(ConfigError, match="loss.nce_layers"):
         load(**{"model.n_blocks": 2, "loss.nce_layers": [0, n]})
+
+
+def test_crop_must_fit_the_discriminator_depth():
+    """The smallest crops D and G run on (found by running them): 3 * 2**n_layers_d, and 8 for G."""
+    from cutdist.model.networks import NLayerDiscriminator
+
+    load(**{"model.n_layers_d": 4, "data.load_size": 48, "data.crop_size": 48})
+    with pytest.raises(ConfigError, match="model.n_layers_d=4"):
+        load(**{"model.n_layers_d": 4, "data.load_size": 44, "data.crop_size": 44})
+    with pytest.raises((RuntimeError, ValueError)):   # the size the check refuses really cannot run
+        NLayerDiscriminator(3, 4, 4)(torch.zeros(1, 3, 44, 44))
+    with pytest.raises(ConfigError, match="data.crop_size"):
+        load(**{"model.n_layers_d": 1, "data.load_size": 4, "data.crop_size": 4})
 
 
 def test_missing_data_is_named():
