@@ -19,12 +19,7 @@ TINY = ["--size", "64", "--ngf", "8", "--ndf", "8", "--n-blocks", "2", "--nce-la
         "--num-patches", "32", "--netf-nc", "32", "--device", "cpu", "--threads", "1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run_main(capsys, *extra: str) -> tuple[int, dict]:

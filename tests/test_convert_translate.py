@@ -26,13 +26,7 @@ from test_model_reference import (random_state, reference_discriminator_layout, 
 NGF, N_BLOCKS, NDF, NC = 4, 5, 4, 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions: one thread is faster, and far faster on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

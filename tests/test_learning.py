@@ -47,16 +47,8 @@ def shape_texture(x01: torch.Tensor, a01: torch.Tensor, gt01: torch.Tensor) -> f
     return float((detail * shape).sum() / shape.sum())
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)     # on 2 shared cores, 2 threads per process ran 5-10x slower here
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
-def test_cut_learns_to_paint_stripes(one_thread):
+def test_cut_learns_to_paint_stripes(one_torch_thread):
     cfg = config.from_dict({"model.mode": "cut", "model.ngf": 8, "model.ndf": 8, "model.n_blocks": 4,
                             "model.n_layers_d": 2, "model.antialias": False, "loss.nce_layers": [0, 4, 8, 12],
                             "loss.num_patches": 64, "data.root": "unused"})

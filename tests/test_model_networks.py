@@ -12,13 +12,7 @@ from cutdist.model.networks import (NLayerDiscriminator, PatchSampleF, ResnetGen
 PAPER_TAPS = [0, 4, 8, 12, 16]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions: one thread is faster, and far faster on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("antialias", [True, False])

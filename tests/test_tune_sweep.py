@@ -17,23 +17,19 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from ray_head import ray_head
 import yaml
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
-RAY = str(Path(sys.executable).parent / "ray")
 LRS = [2.0e-4, 1.0e-4, 0.05, 1.0e30]
 SPACE = {
     "search": "grid",
@@ -47,67 +43,11 @@ SPACE = {
 }
 
 
-def free_ports(n: int) -> list[int]:
-    import socket
-
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 @pytest.fixture(scope="module")
 def head():
     """`ray start --head --block` on 127.0.0.1 with 2 CPUs, its own ports and temp dir; stopped by its pid."""
-    temp_dir = tempfile.mkdtemp(prefix="cdt", dir="/tmp")
-    gcs, node_mgr, obj_mgr, client, dash, agent_listen, agent_grpc, runtime_env, metrics = free_ports(9)
-    worker_min = random.randrange(40000, 60000, 200)
-    log = Path(temp_dir) / "ray_start.log"
-    cmd = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-           f"--node-manager-port={node_mgr}", f"--object-manager-port={obj_mgr}",
-           f"--ray-client-server-port={client}", f"--min-worker-port={worker_min}",
-           f"--max-worker-port={worker_min + 199}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-           f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent_listen}",
-           f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
-           f"--metrics-export-port={metrics}", "--num-cpus=2", "--num-gpus=0", f"--temp-dir={temp_dir}",
-           "--disable-usage-stats"]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
-    with log.open("w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        deadline = time.time() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"ray start exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{dash}/api/version", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                pytest.fail(f"the Ray head did not come up in 120 s:\n{log.read_text()[-3000:]}")
-            time.sleep(1)
-        yield f"127.0.0.1:{gcs}"
-    finally:
-        proc.send_signal(signal.SIGTERM)   # `ray start --block` stops the processes it started
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-        try:   # anything of that session still running belongs to the group we created
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    with ray_head("cdt", worker_ports=(40000, 60000)) as started:
+        yield started.address
 
 
 def cli_env(address: str) -> dict[str, str]:

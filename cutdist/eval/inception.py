@@ -212,6 +212,18 @@ def load_inception(weights: str, device: str | torch.device = "cpu", *, seed: in
     return fid_inception_from_state_dict(_load_weights_file(path), device, source=str(path)), label
 
 
+def weights_problem(weights: str) -> str | None:
+    """For drivers, before any cluster starts: None when FID weights are usable (the random backbone always
+    is), else the one-line reason. Loads (and, for ``auto``, downloads) them once."""
+    if weights == "random":
+        return None
+    try:
+        load_inception(weights, "cpu")
+    except InceptionWeightsError as err:
+        return str(err)
+    return None
+
+
 # ------------------------------------------------------------------------------------------- activations
 
 def model_device(model: nn.Module) -> torch.device:

@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from cutdist.data import DataError, resolve_splits
     from cutdist.model.io import ModelIOError
     from cutdist.train.state import CheckpointError
+    from cutdist.eval.inception import weights_problem
 
     try:
         announce_synthesis(cfg)
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"eval.enabled: {splits.manifest or cfg.data.root} has no testA/testB split to compute FID on "
                     "(add them, or set eval.enabled=false)")
     if cfg.eval.enabled:
-        problem = check_inception_weights(cfg.eval.inception_weights)
+        problem = weights_problem(cfg.eval.inception_weights)
         if problem:
             return fail(f"eval.inception_weights: {problem}")
     launcher.expand_name(cfg, STARTED_AT)
@@ -113,19 +114,6 @@ def announce_synthesis(cfg: config_mod.JobConfig) -> None:
     if cfg.data.synth_if_missing and "://" not in cfg.data.root and not (root / "manifest.parquet").is_file():
         print(f"[cutdist.train] synthesising the demo shards into {root} "
               f"({cfg.data.synth_count} images per domain, {cfg.data.synth_size} px)", flush=True)
-
-
-def check_inception_weights(weights: str) -> str | None:
-    """None when FID weights are usable; else the one-line reason. The random backbone is always usable."""
-    if weights == "random":
-        return None
-    from cutdist.eval.inception import InceptionWeightsError, load_inception
-
-    try:
-        load_inception(weights, "cpu")
-    except InceptionWeightsError as err:
-        return str(err)
-    return None
 
 
 def warn_if_short_of_resources(cfg: config_mod.JobConfig, available: dict) -> None:

@@ -123,12 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         return fail(problem)
 
     from cutdist.data import DataError, resolve_splits
+    from cutdist.eval.inception import weights_problem
 
     try:
         splits = resolve_splits(base.data)
     except DataError as err:
         return fail(str(err))
-    problem = inception_problem(base.eval.inception_weights)
+    problem = weights_problem(base.eval.inception_weights)
     if problem:
         return fail(f"eval.inception_weights: {problem}")
 
@@ -168,19 +169,6 @@ def sweep_problem(base: config_mod.JobConfig, space) -> str | None:
         return "eval.enabled: a sweep ranks its trials by FID; set eval.enabled=true (and eval.every)"
     if space.scheduler.type == "asha" and base.eval.every == 0:
         say("warning: eval.every=0: FID only at the end of each trial, so ASHA has nothing to stop early")
-    return None
-
-
-def inception_problem(weights: str) -> str | None:
-    """None when FID weights are usable (the random backbone always is); else the one-line reason."""
-    if weights == "random":
-        return None
-    from cutdist.eval.inception import InceptionWeightsError, load_inception
-
-    try:
-        load_inception(weights, "cpu")
-    except InceptionWeightsError as err:
-        return str(err)
     return None
 
 

@@ -1,0 +1,93 @@
+"""A real Ray head for tests: `ray start --head --block` on 127.0.0.1, auth disabled, its own ports and temp dir.
+
+Stopped by its pid (and its process group), never by a broad `ray stop` that would hit other clusters.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@dataclass
+class Head:
+    address: str       # host:port of the GCS, for RAY_ADDRESS / ray.init
+    dashboard: str     # http://host:port, for the jobs API
+    proc: subprocess.Popen
+    log: Path
+
+
+@contextlib.contextmanager
+def ray_head(prefix: str, *, num_cpus: int = 2, worker_ports: tuple[int, int] = (20000, 60000)) -> Iterator[Head]:
+    temp_dir = tempfile.mkdtemp(prefix=prefix, dir="/tmp")   # short: Ray's socket paths live under it
+    gcs, node_mgr, obj_mgr, client, dash, agent_listen, agent_grpc, runtime_env, metrics = free_ports(9)
+    worker_min = random.randrange(worker_ports[0], worker_ports[1], 200)
+    log = Path(temp_dir) / "ray_start.log"
+    cmd = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+           f"--node-manager-port={node_mgr}", f"--object-manager-port={obj_mgr}",
+           f"--ray-client-server-port={client}", f"--min-worker-port={worker_min}",
+           f"--max-worker-port={worker_min + 199}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+           f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent_listen}",
+           f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
+           f"--metrics-export-port={metrics}", f"--num-cpus={num_cpus}", "--num-gpus=0", f"--temp-dir={temp_dir}",
+           "--disable-usage-stats"]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    with log.open("w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    head = Head(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", proc, log)
+    try:
+        deadline = time.time() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"ray start exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{head.dashboard}/api/version", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                pytest.fail(f"the Ray head did not come up in 120 s:\n{log.read_text()[-3000:]}")
+            time.sleep(1)
+        yield head
+    finally:
+        proc.send_signal(signal.SIGTERM)   # `ray start --block` stops the processes it started
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+        try:   # anything of that session still running belongs to the group we created
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        shutil.rmtree(temp_dir, ignore_errors=True)
