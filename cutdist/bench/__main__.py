@@ -9,6 +9,7 @@ SUBCOMMANDS = {
     "train-step": "cutdist.bench.train_step",  # one full CUT step (D, then G+F), images/s, TFLOP/s
     "fid": "cutdist.bench.fid",                # Inception feature extraction, images/s
     "decode": "cutdist.bench.gpu_decode",      # JPEG decode + augment on the GPU (nvJPEG) vs one CPU core, images/s
+    "curves": "cutdist.bench.curves",          # loss curves of fast-path variants vs fp32, within seed-to-seed noise?
 }
 
 
