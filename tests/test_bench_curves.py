@@ -83,6 +83,7 @@ def test_variants_map_to_switches():
     (["--interval", "20", "--steps", "10"], "--interval"),
     (["train.precision=bf16"], "train.precision"),
     (["loss.nope=1"], "loss.nope"),
+    (["data.root=/nonexistent/cutdist", "data.synth_if_missing=false"], "data.root"),
 ])
 def test_usage_errors_exit_2(capsys, args, culprit):
     assert main(["--config", str(SMOKE), "--steps", "10", "--interval", "5", *args]) == 2

@@ -285,6 +285,11 @@ def run_all(args: argparse.Namespace, config_path: Path, seeds: list[int], varia
                   flush=True)
 
 
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     config_path = Path(args.config) if args.config else default_config()
@@ -310,16 +315,22 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from cutdist.data import DataError, resolve_splits
-
     if device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
+    result = _describe(args, first, config_path, device, seeds, variants)
+    from cutdist.data.manifest import DataError
+
     try:
+        from cutdist.data import resolve_splits
+
         splits = resolve_splits(first.data)   # synthesises the demo shards once when data.synth_if_missing
     except DataError as err:
         print(f"cutdist.bench curves: {err}", file=sys.stderr)
         return 2
-    result = _describe(args, first, config_path, device, seeds, variants)
+    except Exception as err:   # e.g. a package the loader or the shard synthesis needs is missing on this machine
+        result["error"] = f"data: {_one_line(err)}"
+        print(json.dumps(result), flush=True)
+        return 1
     runs_dir = Path(args.runs_dir) if args.runs_dir else Path(tempfile.mkdtemp(prefix="cutdist_curves_"))
     runs_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -329,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         result["verdict"] = verdict(result["curves"], seeds)
         result["within_seed_noise"] = all(v["within_seed_noise"] for v in result["verdict"].values())
     except Exception as err:   # out of memory, a compile failure, a loader error: the line says which
-        result["error"] = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        result["error"] = _one_line(err)
         code = 1
     finally:
         if not args.runs_dir:
