@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # The prepared GPU run for issue 7: the CUT train step at 256² (fp32 vs bf16, batch 1 / 8 / 32, eager vs compiled,
 # channels_last on/off), FastCUT at the best setting, and the data feed (nvJPEG decode vs one CPU core, the CPU
-# loader with 1 and 8 workers). Run from the repository root on the GPU machine:
+# loader with 1 and 8 workers), and, at low priority, the loss curves of fp32 vs bf16 on the demo data (5 seeds).
+# Run from the repository root on the GPU machine:
 #
 #   OUT=/some/dir bash benchmarks/gpu.sh
 #
-# Writes $OUT/train_step.jsonl, $OUT/data_feed.jsonl (one JSON line per configuration, failures included),
-# $OUT/summary.md (benchmarks/summarize.py) and $OUT/gpu.log (everything else). Every configuration runs in its
-# own process under `timeout`, so a hang or an out-of-memory costs only that line; configurations run in priority
-# order, none starts unless the time it typically needs is left of BUDGET_S (default 360 s), and none may run past
-# HARD_S (default 420 s): each timeout is cut to what is left. What is not run is recorded as skipped. Needs python3 with torch (CUDA), torchvision, PyYAML, numpy, pillow, pyarrow; the data-feed
-# part also needs webdataset and braceexpand (carried as wheels: see benchmarks/README.md). Never imports Ray or
-# DeepSpeed.
+# Writes $OUT/train_step.jsonl, $OUT/data_feed.jsonl, $OUT/curves.jsonl (one JSON line per configuration, failures
+# included), $OUT/summary.md (benchmarks/summarize.py) and $OUT/gpu.log (everything else). Every configuration runs
+# in its own process under `timeout`, so a hang or an out-of-memory costs only that line; configurations run in
+# priority order, none starts unless the time it typically needs is left of BUDGET_S (default 360 s), and none may
+# run past HARD_S (default 420 s): each timeout is cut to what is left. What is not run is recorded as skipped.
+# Needs python3 with torch (CUDA), torchvision, PyYAML, numpy, pillow, pyarrow; the data-feed and curves parts also
+# need webdataset and braceexpand, the curves part tqdm (carried as wheels: see benchmarks/README.md). Never imports
+# Ray or DeepSpeed.
 #
 # Knobs (environment): BUDGET_S, HARD_S, PYTHON (default python3), DEVICE (default cuda), SMOKE=1 (tiny nets and short
 # runs: how the script itself is tested on a CPU-only machine).
@@ -28,8 +30,9 @@ export PYTHONUNBUFFERED=1
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 TRAIN="$OUT/train_step.jsonl"
 FEED="$OUT/data_feed.jsonl"
+CURVES="$OUT/curves.jsonl"
 LOG="$OUT/gpu.log"
-: >"$TRAIN"; : >"$FEED"; : >"$LOG"
+: >"$TRAIN"; : >"$FEED"; : >"$CURVES"; : >"$LOG"
 START=$(date +%s)
 elapsed() { echo $(( $(date +%s) - START )); }
 say() { echo "[gpu.sh +$(elapsed)s] $*" | tee -a "$LOG"; }
@@ -39,12 +42,16 @@ if [ "$SMOKE" = 1 ]; then
   STEPS_B1="--steps 2 --warmup 1"; STEPS_B8="--steps 2 --warmup 1"; STEPS_B32="--steps 1 --warmup 1"
   BATCHES="1 2 3"; COMPILE_BACKEND="--compile-backend aot_eager"; JPEGS=24; JPEG_SIZE=48; CROP=32
   T_EAGER=120; T_COMPILE=240; T_DATA=120; NEED_EAGER=20; NEED_COMPILE=40; NEED_DATA=20
+  CURVES_ARGS="--config jobs/smoke.yaml --steps 4 --interval 2 --seeds 0,1,2 --threads 1"; T_CURVES=120; NEED_CURVES=20
 else
   MODEL="--size 256"     # the paper's nets: ngf 64, ndf 64, 9 blocks, 256 patches, taps 0,4,8,12,16
   STEPS_B1="--steps 30 --warmup 5"; STEPS_B8="--steps 15 --warmup 3"; STEPS_B32="--steps 8 --warmup 2"
   BATCHES="1 8 32"; COMPILE_BACKEND=""; JPEGS=512; JPEG_SIZE=256; CROP=256
   # timeouts (a hang costs no more) and the time a configuration typically needs (it starts only if that is left)
   T_EAGER=90; T_COMPILE=200; T_DATA=90; NEED_EAGER=30; NEED_COMPILE=120; NEED_DATA=30
+  # the demo job (64 px, small nets) as in results/cpu-2026-11-27, 200 steps; 5 seeds: with 3 the verdict fails even
+  # for channels_last, a rounding-level change (benchmarks/README.md, "Loss curves"). 10 runs.
+  CURVES_ARGS="--config jobs/demo.yaml --steps 200 --interval 20 --seeds 0,1,2,3,4"; T_CURVES=240; NEED_CURVES=120
 fi
 read -r B1 B8 B32 <<<"$BATCHES"
 steps_for() { case "$1" in "$B1") echo "$STEPS_B1";; "$B8") echo "$STEPS_B8";; *) echo "$STEPS_B32";; esac; }
@@ -109,7 +116,8 @@ say "machine: $(uname -srm); budget ${BUDGET_S}s; smoke=$SMOKE; device=$DEVICE"
 { command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv; } >>"$LOG" 2>&1
 "$PY" -c "import sys, torch, torchvision; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'torchvision', torchvision.__version__, 'gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None)" 2>&1 | tee -a "$LOG"
 "$PY" -c "import webdataset, braceexpand; print('webdataset', webdataset.__version__)" >>"$LOG" 2>&1 \
-  || say "webdataset/braceexpand missing: the data-feed lines will record the failure"
+  || say "webdataset/braceexpand missing: the data-feed and curves lines will record the failure"
+"$PY" -c "import tqdm" >>"$LOG" 2>&1 || say "tqdm missing: the curves line will record the failure (demo shard synthesis)"
 
 # ------------------------------------------------------------------------------------------ priority order
 # 1. the anchor's setting, eager: batch 8 fp32 (reference ~43 img/s); the fast-path candidate at batch 32, eager
@@ -156,6 +164,13 @@ if [ "$SMOKE" != 1 ]; then
 fi
 
 rm -rf "$JPEG_DIR"
+# 7. low priority: issue 7's "same training behaviour": loss curves on the demo data, fp32 vs bf16 over the same
+#    seeds, one process training short runs one after another; the demo shards are synthesised into a temporary folder
+CURVE_DATA=$(mktemp -d)
+# shellcheck disable=SC2086
+run "$CURVES" curves "$T_CURVES" "$NEED_CURVES" --device "$DEVICE" $CURVES_ARGS --variants fp32,bf16 \
+    "data.root=$CURVE_DATA/demo"
+rm -rf "$CURVE_DATA"
 "$PY" benchmarks/summarize.py "$TRAIN" "$FEED" >"$OUT/summary.md" 2>>"$LOG" || say "summarize.py failed (see gpu.log)"
-say "finished: $(wc -l <"$TRAIN") train-step lines, $(wc -l <"$FEED") data-feed lines; summary in $OUT/summary.md"
+say "finished: $(wc -l <"$TRAIN") train-step lines, $(wc -l <"$FEED") data-feed lines, $(wc -l <"$CURVES") curves line; summary in $OUT/summary.md"
 cat "$OUT/summary.md"

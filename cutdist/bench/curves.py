@@ -1,6 +1,6 @@
 """``python -m cutdist.bench curves``: do fast-path variants train like fp32? Loss curves per seed, one JSON line.
 
-  [--config jobs/demo.yaml] [--steps 300] [--interval 25] [--seeds 0,1,2] [--variants fp32,bf16,...]
+  [--config jobs/demo.yaml] [--steps 300] [--interval 25] [--seeds 0,1,2,3,4] [--variants fp32,bf16,...]
   [--device auto|cpu|cuda] [--threads T] [--runs-dir DIR] [key=value ...]
 
 Trains the job once per (variant, seed) in THIS process with ``cutdist.train.loop.run_local`` (the loop Ray runs,
@@ -27,7 +27,9 @@ For information, not the verdict: ``paired_distance`` = mean over s, t of |c[v][
 variant against its own fp32 twin, same seed), and ``fp32_max_pairwise`` = the largest mean over t of
 |c[fp32][s][t] - c[fp32][s'][t]| over pairs of fp32 seeds. A variant that trains exactly like fp32 but from an
 independent draw would land, on average, at distance ~ sqrt(2/pi) * sqrt(2/S) * noise (~0.65 * noise for 3
-seeds), so the threshold leaves a margin, but a term can still cross it by chance: read ``ratio``.
+seeds, ~0.5 for 5), so the threshold leaves a margin, but a term can still cross it by chance: read ``ratio``.
+The noise itself is estimated from S runs: on the demo, 3 seeds underestimated D's spread enough that even
+channels_last (fp32 arithmetic in another order) failed; with 5 it passed (benchmarks/README.md, "Loss curves").
 The verdict is computed from the curves exactly as printed (rounded to 6 decimals).
 
 Exit 0 with the JSON line; 2 on a usage or data error (one line on stderr); 1 when a run fails (JSON line with
@@ -86,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="job YAML (default: jobs/demo.yaml)")
     p.add_argument("--steps", type=int, default=300, help="training steps per run")
     p.add_argument("--interval", type=int, default=25, help="steps per logged point (logging.every_steps)")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, at least two (the same for every variant)")
+    p.add_argument("--seeds", default="0,1,2,3,4",
+                   help="comma-separated seeds, at least two, the same for every variant (3 proved too few on the demo)")
     p.add_argument("--variants", default="fp32,bf16",
                    help=f"comma-separated; each fp32 or parts of {sorted(SWITCHES)} joined by '+'")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
