@@ -98,3 +98,26 @@ def test_activations_checks_shape_and_ignores_autocast(images, random_model):
         activations(model, torch.zeros(2, 1, 32, 32))
     with torch.autocast("cpu", dtype=torch.bfloat16):   # a training loop's bf16 autocast must not leak in
         np.testing.assert_array_equal(activations(model, images[0][:1]), acts_a[:1])
+
+
+def test_a_stalled_download_times_out_instead_of_hanging(tmp_path, monkeypatch):
+    """A server that accepts the connection and never answers (a proxy black-holing the request): the download
+    gives up after DOWNLOAD_TIMEOUT_S with the clear error, and the process-wide socket default is restored."""
+    import socket
+    import time
+
+    from cutdist.eval import inception
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)   # the kernel completes the handshake; nobody ever reads or writes
+    monkeypatch.setattr(inception, "DOWNLOAD_TIMEOUT_S", 1.0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(InceptionWeightsError, match=r"download failed: .*put pt_inception"):
+            inception._download(tmp_path / WEIGHTS_FILENAME, url=f"http://127.0.0.1:{server.getsockname()[1]}/w.pth")
+    finally:
+        server.close()
+    assert time.monotonic() - started < 30
+    assert socket.getdefaulttimeout() is None
+    assert not (tmp_path / WEIGHTS_FILENAME).exists()

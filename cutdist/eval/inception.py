@@ -16,6 +16,7 @@ import functools
 import hashlib
 import os
 import re
+import socket
 import threading
 from pathlib import Path
 from unittest import mock
@@ -131,13 +132,21 @@ def _missing_weights_message(where: Path, reason: str) -> str:
             f"offline demos (labelled, not a real FID)")
 
 
-def _download(dst: Path) -> None:
+DOWNLOAD_TIMEOUT_S = 60.0   # per connect / read: a firewalled node that drops packets fails instead of hanging
+
+
+def _download(dst: Path, url: str = FID_WEIGHTS_URL) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
+    # torch.hub's urlopen takes no timeout: it uses the process-wide socket default, set only for this call
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        torch.hub.download_url_to_file(FID_WEIGHTS_URL, str(dst), progress=True)
-    except Exception as err:   # no network, proxy, HTTP error: all mean the same to the user
+        torch.hub.download_url_to_file(url, str(dst), progress=True)
+    except Exception as err:   # no network, proxy, HTTP error, timeout: all mean the same to the user
         raise InceptionWeightsError(_missing_weights_message(dst, f"download failed: {type(err).__name__}")) \
             from None
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def _load_weights_file(path: Path) -> dict[str, torch.Tensor]:
