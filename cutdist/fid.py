@@ -130,7 +130,7 @@ def run(args) -> int:
     import torch
 
     from cutdist.eval.frechet import frechet_distance
-    from cutdist.eval.inception import InceptionWeightsError, is_random_backbone, load_inception
+    from cutdist.eval.inception import InceptionWeightsError, backbone_caveat, load_inception
     from cutdist.eval.stats import load_stats, save_stats
 
     if all(k == "npz" for k in kinds):
@@ -147,9 +147,8 @@ def run(args) -> int:
         except InceptionWeightsError as err:
             raise UsageError(str(err)) from None
 
-    if is_random_backbone(backbone):
-        print(f"warning: backbone {backbone}: a seeded random-init Inception, for offline demos and tests; "
-              "this number is NOT comparable to any published FID", file=sys.stderr)
+    if backbone_caveat(backbone):
+        print(f"warning: backbone {backbone}: {backbone_caveat(backbone)}", file=sys.stderr)
     results = [_stats_of(p, k, args, model, "" if model is None else backbone) for p, k in zip(paths, kinds)]
     if args.save_stats:
         mu, sigma, n, meta = results[0]

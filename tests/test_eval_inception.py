@@ -121,3 +121,19 @@ def test_a_stalled_download_times_out_instead_of_hanging(tmp_path, monkeypatch):
     assert time.monotonic() - started < 30
     assert socket.getdefaulttimeout() is None
     assert not (tmp_path / WEIGHTS_FILENAME).exists()
+
+
+def test_only_the_official_weights_give_a_real_fid(tmp_path, monkeypatch):
+    """fid_real is decided by the file's content (its sha256 prefix, as torch hub checks it), not by its name: a
+    test-made or fine-tuned file named like pytorch-fid's gets a caveat, the official digest none."""
+    from cutdist.eval import inception
+
+    made = weights_file()   # named pt_inception-2015-12-05-6726825d.pth, random content
+    _, label = load_inception(str(made))
+    assert not inception.is_official_backbone(label) and "NOT comparable" in inception.backbone_caveat(label)
+    assert "random-init" in inception.backbone_caveat(inception.random_label(0))
+
+    monkeypatch.setattr(inception, "_file_sha256", lambda *a: "6726825d" + "0" * 56)   # the official digest's prefix
+    official = inception.weights_label(made)
+    assert official == "pt_inception-2015-12-05 (sha256 6726825d)"
+    assert inception.is_official_backbone(official) and inception.backbone_caveat(official) is None

@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from cutdist.eval.frechet import frechet_distance
-from cutdist.eval.inception import FEATURE_DIM, activations, is_random_backbone
+from cutdist.eval.inception import FEATURE_DIM, activations, is_official_backbone
 from cutdist.eval.stats import ActivationStats
 
 
@@ -50,7 +50,8 @@ def fid_during_training(translate: Callable[[torch.Tensor], torch.Tensor], batch
     ``translate(x) -> y``: both in [-1, 1], ``[B, 3, H, W]``; called under ``torch.no_grad``. ``batches``:
     this rank's share of ``test_loader`` (``(keys, images)``) or bare tensors. Every rank must call this
     (collectives inside). Returns ``{"fid", "backbone", "real_fid", "n_images"}``, the same on every rank;
-    ``real_fid`` is False for the random-init backbone.
+    ``real_fid`` is True only for pytorch-fid's official weights file (False for the random backbone or any other
+    weights).
     """
     stats = ActivationStats(FEATURE_DIM)
     with torch.no_grad():
@@ -78,4 +79,4 @@ def fid_during_training(translate: Callable[[torch.Tensor], torch.Tensor], batch
         raise failure
     if not np.isfinite(fid):
         raise RuntimeError("fid_during_training: rank 0 failed to compute the FID (see its log)")
-    return {"fid": fid, "backbone": backbone, "real_fid": not is_random_backbone(backbone), "n_images": stats.n}
+    return {"fid": fid, "backbone": backbone, "real_fid": is_official_backbone(backbone), "n_images": stats.n}

@@ -52,6 +52,26 @@ def is_random_backbone(label: str) -> bool:
     return str(label).startswith(RANDOM_LABEL_PREFIX)
 
 
+# torch hub names a file by the first 8 hex of its sha256: the official weights' digest starts with this
+OFFICIAL_SHA256_PREFIX = WEIGHTS_FILENAME.removesuffix(".pth").rsplit("-", 1)[1]
+
+
+def is_official_backbone(label: str) -> bool:
+    """True only for pytorch-fid's own weights file (by content, whatever its name): a real, comparable FID."""
+    return str(label).endswith(f"(sha256 {OFFICIAL_SHA256_PREFIX})")
+
+
+def backbone_caveat(label: str) -> str | None:
+    """Why FIDs from this backbone are not comparable to published ones, or None for the official weights."""
+    if is_random_backbone(label):
+        return ("a seeded random-init Inception, for offline demos and tests; "
+                "this number is NOT comparable to any published FID")
+    if not is_official_backbone(label):
+        return (f"not pytorch-fid's official weights (whose sha256 starts {OFFICIAL_SHA256_PREFIX}); "
+                "this number is NOT comparable to published FIDs")
+    return None
+
+
 # ------------------------------------------------------------------------------------------ architecture
 
 def _fid_backbone() -> nn.Module:

@@ -342,11 +342,14 @@ class FidEvaluator:
     """
 
     def __init__(self, cfg: JobConfig, splits: Any, ctx: WorkerContext) -> None:
-        from cutdist.eval.inception import load_inception
+        from cutdist.eval.inception import backbone_caveat, load_inception
         from cutdist.eval.reference import reference_stats
 
         self.cfg, self.splits, self.ctx = cfg, splits, ctx
         self.model, self.backbone = load_inception(cfg.eval.inception_weights, ctx.device)
+        if ctx.rank == 0 and backbone_caveat(self.backbone):
+            print(f"[cutdist.train] warning: FID backbone {self.backbone}: {backbone_caveat(self.backbone)}",
+                  flush=True)
         ref = [None, None]
         if ctx.rank == 0:
             ref = list(reference_stats(splits.test_b, model=self.model, backbone=self.backbone,
