@@ -106,7 +106,8 @@ class TrainConfig:
     use_gpu: bool = False
     resources_per_worker: dict[str, float] = field(default_factory=dict)
     strategy: str = "ddp"             # ddp | deepspeed
-    precision: str = "fp32"           # fp32 | bf16 (autocast; PatchNCE logits stay fp32)
+    precision: str = "fp32"           # fp32 | bf16 (autocast; PatchNCE logits and D stay fp32)
+    bf16_discriminator: bool = False  # with bf16: D under autocast too (faster; shifts the GAN balance on the demo)
     channels_last: bool = False
     compile: bool = False             # torch.compile G, D, F (eager with a warning if it fails)
     compile_mode: str = "default"     # torch.compile mode (cutdist.model.fastpath.COMPILE_MODES); reduce-overhead = CUDA graphs
@@ -407,6 +408,8 @@ def validate(cfg: JobConfig) -> JobConfig:
     _check(t.num_workers >= 1, "train.num_workers", f"must be >= 1, got {t.num_workers}")
     _one_of(cfg, "train.strategy", ["ddp", "deepspeed"])
     _one_of(cfg, "train.precision", ["fp32", "bf16"])
+    _check(not t.bf16_discriminator or t.precision == "bf16", "train.bf16_discriminator",
+           f"true needs train.precision=bf16 (it is {t.precision!r})")
     _one_of(cfg, "train.compile_mode", ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
     _check(t.zero_stage in (0, 1), "train.zero_stage",
            f"ZeRO stage {t.zero_stage} is not supported: two DeepSpeed engines (D and G+F) are broken across "

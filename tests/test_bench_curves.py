@@ -69,17 +69,21 @@ def test_verdict_is_every_term():
 def test_variants_map_to_switches():
     v = parse_variants("bf16,channels_last+compile+fused")
     assert list(v) == ["fp32", "bf16", "channels_last+compile+fused"]   # the baseline is always there, first
-    assert v["fp32"] == {"train.precision": "fp32", "train.channels_last": False, "train.compile": False,
-                         "optim.fused": False}
+    assert v["fp32"] == {"train.precision": "fp32", "train.bf16_discriminator": False, "train.channels_last": False,
+                         "train.compile": False, "optim.fused": False}
     assert v["bf16"]["train.precision"] == "bf16" and v["bf16"]["train.channels_last"] is False
-    assert v["channels_last+compile+fused"] == {"train.precision": "fp32", "train.channels_last": True,
-                                                "train.compile": True, "optim.fused": True}
+    assert v["channels_last+compile+fused"] == {"train.precision": "fp32", "train.bf16_discriminator": False,
+                                                "train.channels_last": True, "train.compile": True,
+                                                "optim.fused": True}
+    both = parse_variants("bf16+bf16_d")["bf16+bf16_d"]
+    assert both["train.precision"] == "bf16" and both["train.bf16_discriminator"] is True
 
 
 @pytest.mark.parametrize("args, culprit", [
     (["--seeds", "0"], "--seeds"),
     (["--seeds", "0,x"], "--seeds"),
     (["--variants", "fp32,fp16"], "fp16"),
+    (["--variants", "bf16_d"], "needs bf16"),
     (["--interval", "20", "--steps", "10"], "--interval"),
     (["train.precision=bf16"], "train.precision"),
     (["loss.nope=1"], "loss.nope"),

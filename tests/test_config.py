@@ -56,6 +56,7 @@ def test_round_trip_through_to_dict():
     ("train.zero_stage", 2, "train.zero_stage"),
     ("train.strategy", "fsdp", "train.strategy"),
     ("train.precision", "fp16", "train.precision"),
+    ("train.bf16_discriminator", True, "train.bf16_discriminator"),   # needs precision bf16
     ("optim.lr", 0.0, "optim.lr"),
     ("model.mode", "cyclegan", "model.mode"),
     ("checkpoint.every_steps", 0, "checkpoint.every_steps"),

@@ -10,9 +10,10 @@ each run's ``metrics.jsonl``: every ``--interval`` steps the loop writes each lo
 TensorBoard, one checkpoint at the end; ``key=value`` overrides go onto the job before the bench's own settings.
 
 Variants are configuration switches on top of the fp32 baseline (precision fp32, NCHW, eager, plain Adam; always
-run, first): ``bf16`` = ``train.precision=bf16``, ``channels_last`` = ``train.channels_last=true``, ``compile`` =
-``train.compile=true``, ``fused`` = ``optim.fused=true``; ``+`` combines them (``bf16+channels_last+compile``).
-Every variant runs the SAME seeds as fp32. Those four keys, ``train.seed``, ``optim.max_steps``,
+run, first): ``bf16`` = ``train.precision=bf16`` (D stays fp32), ``bf16_d`` = ``train.bf16_discriminator=true``
+(with bf16 only: ``bf16+bf16_d`` puts D under autocast too), ``channels_last`` = ``train.channels_last=true``,
+``compile`` = ``train.compile=true``, ``fused`` = ``optim.fused=true``; ``+`` combines them (``bf16+channels_last+compile``).
+Every variant runs the SAME seeds as fp32. Those five keys, ``train.seed``, ``optim.max_steps``,
 ``logging.every_steps`` and ``eval.enabled`` belong to the bench: overriding them is a usage error.
 
 The verdict, per variant other than fp32 and per loss term, with c[v][s][t] the term's value of variant v, seed s,
@@ -55,11 +56,13 @@ BASELINE = "fp32"
 # variant part -> the config switch it turns on (the baseline has them all off)
 SWITCHES: dict[str, tuple[str, Any]] = {
     "bf16": ("train.precision", "bf16"),
+    "bf16_d": ("train.bf16_discriminator", True),     # only with bf16: "bf16+bf16_d"
     "channels_last": ("train.channels_last", True),
     "compile": ("train.compile", True),
     "fused": ("optim.fused", True),
 }
-BASELINE_SWITCHES: dict[str, Any] = {"train.precision": "fp32", "train.channels_last": False,
+BASELINE_SWITCHES: dict[str, Any] = {"train.precision": "fp32", "train.bf16_discriminator": False,
+                                     "train.channels_last": False,
                                      "train.compile": False, "optim.fused": False}
 # keys the bench sets itself -> the flag that sets them
 OWNED_KEYS = {**{key: "--variants" for key in BASELINE_SWITCHES}, "train.seed": "--seeds",
@@ -125,6 +128,8 @@ def parse_variants(text: str) -> dict[str, dict[str, Any]]:
             switches[key] = value
         if len(set(parts)) != len(parts) or name in variants:
             raise UsageError(f"--variants: {name!r} repeats a switch or a variant")
+        if "bf16_d" in parts and "bf16" not in parts:
+            raise UsageError(f"--variants: {name!r}: bf16_d (D under autocast) needs bf16 too, e.g. 'bf16+bf16_d'")
         variants[name] = switches
     return variants
 

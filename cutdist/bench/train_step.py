@@ -49,7 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256, help="image side (the paper: 256)")
     p.add_argument("--batch", type=int, default=1, help="images of each domain per step (the paper: 1)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                   help="bf16 = autocast, PatchNCE logits and losses in fp32")
+                   help="bf16 = autocast, PatchNCE logits and losses and D in fp32")
+    p.add_argument("--bf16-discriminator", action="store_true",
+                   help="with --precision bf16: D under autocast too (train.bf16_discriminator)")
     p.add_argument("--compile", action="store_true", help="torch.compile G, D and F (eager with a warning if it fails)")
     p.add_argument("--compile-mode", default="default", choices=list(COMPILE_MODES))
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (tests use aot_eager)")
@@ -90,6 +92,7 @@ def _job(args: argparse.Namespace) -> config.JobConfig:
               "loss.nce_layers": layers, "loss.num_patches": args.num_patches,
               "data.root": "(bench: synthetic tensors)", "data.crop_size": args.size, "data.load_size": args.size,
               "data.batch_size": args.batch, "train.precision": args.precision, "train.compile": args.compile,
+              "train.bf16_discriminator": args.bf16_discriminator,
               "train.channels_last": args.channels_last, "train.compile_mode": args.compile_mode,
               "optim.fused": args.fused_adam, "train.seed": args.seed}
     try:
@@ -158,7 +161,8 @@ class Bench:
         begin_step(self.compile_mode)
         return cut_step(self.nets, self.updater, self.real_a, self.real_b, self.cfg.loss, generator=self.patch_gen,
                         flip_generator=self.flip_gen if flip_gen is None else flip_gen,
-                        precision=self.cfg.train.precision)
+                        precision=self.cfg.train.precision,
+                        bf16_discriminator=self.cfg.train.bf16_discriminator)
 
 
 def count_step_flops(bench: Bench) -> dict[str, Any]:
@@ -248,7 +252,8 @@ def describe(args: argparse.Namespace, cfg: config.JobConfig, device: torch.devi
     """The switches and sizes of this run (every JSON line carries them, errors included)."""
     out: dict[str, Any] = {
         "bench": "train-step", "mode": cfg.model.mode, "size": cfg.data.crop_size, "batch": cfg.data.batch_size,
-        "precision": cfg.train.precision, "compile": cfg.train.compile,
+        "precision": cfg.train.precision, "bf16_discriminator": cfg.train.bf16_discriminator,
+        "compile": cfg.train.compile,
         "compile_mode": args.compile_mode if cfg.train.compile else None,
         "compile_backend": args.compile_backend if cfg.train.compile else None,
         "channels_last": cfg.train.channels_last, "fused_adam": cfg.optim.fused,

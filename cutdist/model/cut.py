@@ -94,6 +94,15 @@ def _autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def _discriminator_precision(device: torch.device, precision: str, bf16_discriminator: bool):
+    """(context, input cast) for D's forwards. Under bf16 D runs in fp32 unless ``bf16_discriminator``: on the demo
+    a bf16 D shifted the adversarial balance beyond fp32's seed-to-seed noise (D's fake loss up, G's GAN loss down,
+    growing with steps) while an fp32 D left every term within it (benchmarks/results/cpu-2026-11-27)."""
+    if precision == "bf16" and not bf16_discriminator:
+        return torch.autocast(device_type=device.type, enabled=False), (lambda x: x.float())
+    return contextlib.nullcontext(), (lambda x: x)
+
+
 def patchnce_term(nets: CUTNets, feat_k: list[torch.Tensor], feat_q: list[torch.Tensor], loss_cfg: LossConfig, *,
                   generator: torch.Generator | None) -> torch.Tensor:
     """lambda_X * PatchNCE between query features ``feat_q`` (G_enc of G(x), flipped back under flip-equivariance)
@@ -111,15 +120,17 @@ def patchnce_term(nets: CUTNets, feat_k: list[torch.Tensor], feat_q: list[torch.
 
 def cut_step(nets: CUTNets, updater: Updater, real_a: torch.Tensor, real_b: torch.Tensor, loss_cfg: LossConfig, *,
              generator: torch.Generator | None, flip_generator: torch.Generator | None = None,
-             precision: str = "fp32", d_for_g: nn.Module | None = None) -> dict[str, torch.Tensor]:
+             precision: str = "fp32", bf16_discriminator: bool = False,
+             d_for_g: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """One CUT iteration: D update on (real y, detached G(x)), then G+F update. Returns DETACHED losses
     (``d``, ``d_real``, ``d_fake``, ``g_gan``, ``nce``, ``nce_y`` with the identity term, ``g_total``); ``nce`` and
     ``nce_y`` include lambda_X, as the reference logs them.
 
     ``generator``: torch.Generator on the data's device for the patch locations. ``flip_generator``: CPU generator
     for the flip coin (None = torch's global CPU generator). ``precision``: "fp32" or "bf16" (autocast around the
-    forwards; PatchNCE in float32). ``d_for_g``: the UNWRAPPED discriminator used for G's adversarial term (its
-    requires_grad is switched off meanwhile); defaults to ``nets.d``.
+    forwards; PatchNCE in float32; D in float32 unless ``bf16_discriminator``). ``d_for_g``: the UNWRAPPED
+    discriminator used for G's adversarial term (its requires_grad is switched off meanwhile); defaults to
+    ``nets.d``.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"cut_step: precision must be one of {list(PRECISIONS)}, got {precision!r}")
@@ -133,6 +144,7 @@ def cut_step(nets: CUTNets, updater: Updater, real_a: torch.Tensor, real_b: torc
     use_nce = loss_cfg.lambda_x > 0
     use_identity = loss_cfg.identity and use_nce
     autocast = _autocast(real_a.device, precision)
+    d_precision, d_input = _discriminator_precision(real_a.device, precision, bf16_discriminator)
     n_a = real_a.shape[0]
 
     # G(x) (and G(y) for the identity term) in one forward; FastCUT flips the input on a fair coin (drawn on the
@@ -154,8 +166,8 @@ def cut_step(nets: CUTNets, updater: Updater, real_a: torch.Tensor, real_b: torc
     # D step: real y -> 1, G(x) (detached) -> 0. D is per-image (instance norm), so both go in one forward.
     _set_requires_grad(d_for_g, True)
     updater.zero_grad("d")
-    with autocast:
-        pred = nets.d(torch.cat((fake_b.detach(), real_b), dim=0))
+    with autocast, d_precision:
+        pred = nets.d(d_input(torch.cat((fake_b.detach(), real_b), dim=0)))
         loss_d_fake = gan(pred[:n_a], False)
         loss_d_real = gan(pred[n_a:], True)
         loss_d = (loss_d_fake + loss_d_real) * 0.5
@@ -167,7 +179,8 @@ def cut_step(nets: CUTNets, updater: Updater, real_a: torch.Tensor, real_b: torc
     updater.zero_grad("gf")
     zero = real_a.new_zeros((), dtype=torch.float32)
     with autocast:
-        loss_g_gan = gan(d_for_g(fake_b), True) * loss_cfg.lambda_gan if loss_cfg.lambda_gan > 0 else zero
+        with d_precision:
+            loss_g_gan = gan(d_for_g(d_input(fake_b)), True) * loss_cfg.lambda_gan if loss_cfg.lambda_gan > 0 else zero
         if use_nce:
             # Queries: G_enc over G(x) (and G(y)) in one pass; keys: G_enc over x (and y).
             feat_q = nets.g(fake, layers, encode_only=True)

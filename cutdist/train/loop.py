@@ -196,7 +196,8 @@ def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from
             flip_gen = torch.Generator()
             flip_gen.manual_seed(step_seed(seed, ctx.rank, pos.step, 1))
             losses = cut_step(strategy.nets, strategy.updater, real_a, real_b, cfg.loss, generator=gen,
-                              flip_generator=flip_gen, precision=cfg.train.precision, d_for_g=plain.d)
+                              flip_generator=flip_gen, precision=cfg.train.precision,
+                              bf16_discriminator=cfg.train.bf16_discriminator, d_for_g=plain.d)
             meter.add(losses, batch.get("skipped", 0))
             pos.step += 1
             pos.images_in_epoch += sched.images_per_step
