@@ -87,6 +87,29 @@ def test_compiled_step_matches_the_eager_step_and_keeps_state_dict_keys():
     assert {name: list(getattr(bench.nets, name).state_dict()) for name in ("g", "d", "f")} == keys
 
 
+@pytest.mark.slow
+def test_compiled_channels_last_fastcut_flipped_step_runs_and_matches_eager():
+    """FastCUT's flipped step, compiled, NHWC: with nn.ReplicationPad2d in G's up-sampler this failed in the backward
+    (torch 2.14: aot_eager on a view, inductor on a size/stride assert of replication_pad2d_backward)."""
+    def heads() -> torch.Generator:   # a coin whose first draw flips (cut_step flips when it is < 0.5)
+        coin = torch.Generator().manual_seed(0)
+        assert torch.rand((), generator=torch.Generator().manual_seed(0)) < 0.5
+        return coin
+
+    overrides = {**ONE_BLOCK, "train.channels_last": True}
+    plain = Bench(tiny("fastcut", **overrides), CPU)
+    plain.apply_fast_path("inductor")      # compile off: NHWC only
+    bench = Bench(tiny("fastcut", **overrides, **{"train.compile": True}), CPU)
+    bench.apply_fast_path("aot_eager")
+    expected = {k: float(v) for k, v in plain.step(heads()).items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompileFallbackWarning)
+        got = {k: float(v) for k, v in bench.step(heads()).items()}
+    assert compile_failures(bench.nets) == {}
+    for k in expected:
+        assert got[k] == pytest.approx(expected[k], rel=1e-5, abs=1e-6), k
+
+
 def test_channels_last_puts_weights_and_inputs_in_nhwc_and_matches_nchw():
     """Measured over 4 seeds: step 1 (same weights) <= 3e-7 relative, step 2 <= 7e-4 (Adam's first update is
     +-lr wherever a gradient is ~0, so rounding-level gradient differences move weights by ~lr). Tolerances: 1e-5

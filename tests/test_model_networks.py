@@ -151,3 +151,19 @@ def test_build_nets_sizes_f_from_the_taps():
     again = build_nets(cfg)
     for a, b in zip(nets.g.state_dict().values(), again.g.state_dict().values()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_replicate_pad_equals_replication_pad2d_forward_and_backward(memory_format):
+    """The up-sampler's replicate padding (slices + cat, which compile cleanly) is nn.ReplicationPad2d(1):
+    equal outputs, gradients equal up to float64 summation order."""
+    from cutdist.model.networks import replicate_pad1
+
+    x = torch.randn(2, 5, 7, 6, dtype=torch.float64).contiguous(memory_format=memory_format).requires_grad_()
+    ref = x.detach().clone().requires_grad_()
+    ours, theirs = replicate_pad1(x), torch.nn.ReplicationPad2d(1)(ref)
+    assert torch.equal(ours, theirs)
+    grad = torch.randn_like(theirs)
+    ours.backward(grad)
+    theirs.backward(grad)
+    torch.testing.assert_close(x.grad, ref.grad, rtol=0, atol=1e-12)

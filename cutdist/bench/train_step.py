@@ -26,6 +26,7 @@ import json
 import platform
 import resource
 import sys
+import traceback
 import time
 import warnings
 from typing import Any
@@ -337,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args, cfg, device, result)
     except Exception as err:   # out of memory, a kernel failure...: one JSON line that says so, exit 1
+        traceback.print_exc(file=sys.stderr)   # the whole story for the log; the JSON line keeps one line of it
         result["error"] = f"{type(err).__name__}: {' '.join(str(err).split())[:500]}"
         code = 1
         with contextlib.suppress(Exception):

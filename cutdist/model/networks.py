@@ -49,13 +49,20 @@ class Upsample(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.pad = nn.ReplicationPad2d(1)
         self.register_buffer("filt", (binomial_filter(4) * 4)[None, None].repeat(channels, 1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # filt_size 4: padding = 1 + (4 - 1) // 2 = 2; then drop the first and (even filter) last row/column.
-        y = F.conv_transpose2d(self.pad(x), self.filt.to(x.dtype), stride=2, padding=2, groups=x.shape[1])
+        y = F.conv_transpose2d(replicate_pad1(x), self.filt.to(x.dtype), stride=2, padding=2, groups=x.shape[1])
         return y[:, :, 1:-1, 1:-1]
+
+
+def replicate_pad1(x: torch.Tensor) -> torch.Tensor:
+    """nn.ReplicationPad2d(1), built from slices and cat. Under torch.compile with channels_last inputs (FastCUT's
+    flipped step) the fake kernel of aten.replication_pad2d_backward disagrees with the real one on strides
+    (torch 2.14: aot_eager fails on a view, inductor on its size/stride assert); cat and slicing compile cleanly."""
+    x = torch.cat((x[:, :, :1], x, x[:, :, -1:]), dim=2)
+    return torch.cat((x[:, :, :, :1], x, x[:, :, :, -1:]), dim=3)
 
 
 def _norm(channels: int) -> nn.Module:
