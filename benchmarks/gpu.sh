@@ -51,7 +51,7 @@ else
   T_EAGER=90; T_COMPILE=200; T_DATA=90; NEED_EAGER=30; NEED_COMPILE=120; NEED_DATA=30
   # the demo job (64 px, small nets) as in results/cpu-2026-11-27, 200 steps; 5 seeds: with 3 the verdict fails even
   # for channels_last, a rounding-level change (benchmarks/README.md, "Loss curves"). 10 runs.
-  CURVES_ARGS="--config jobs/demo.yaml --steps 200 --interval 20 --seeds 0,1,2,3,4"; T_CURVES=240; NEED_CURVES=120
+  CURVES_ARGS="--config jobs/demo.yaml --steps 200 --interval 20 --seeds 0,1,2,3,4"; T_CURVES=300; NEED_CURVES=150
 fi
 read -r B1 B8 B32 <<<"$BATCHES"
 steps_for() { case "$1" in "$B1") echo "$STEPS_B1";; "$B8") echo "$STEPS_B8";; *) echo "$STEPS_B32";; esac; }
@@ -153,6 +153,8 @@ eager "$B1" --precision bf16 --channels-last --fused-adam
 eager "$B8" --precision fp32 --channels-last --fused-adam
 eager "$B1" --precision fp32 --channels-last --fused-adam
 eager "$B32" --precision fp32 --channels-last --fused-adam
+# the price of keeping D in fp32 under bf16 (the default): the same with D under autocast too
+eager "$B32" --precision bf16 --channels-last --fused-adam --bf16-discriminator
 # 6. FastCUT at the best CUT setting; then, if time is left: compiled fp32 at batch 8 (the reference's precision),
 #    compiled NCHW at batch 32 (is NHWC worth it under compile?), CUDA graphs at batch 8
 eager "$B32" --mode fastcut --precision bf16 --channels-last --fused-adam
@@ -162,13 +164,14 @@ compiled "$B8" --precision fp32
 if [ "$SMOKE" != 1 ]; then
   compiled "$B8" --precision bf16 --channels-last --fused-adam --compile-mode reduce-overhead
 fi
+compiled "$B32" --precision bf16 --channels-last --fused-adam --bf16-discriminator
 
 rm -rf "$JPEG_DIR"
 # 7. low priority: issue 7's "same training behaviour": loss curves on the demo data, fp32 vs bf16 over the same
-#    seeds, one process training short runs one after another; the demo shards are synthesised into a temporary folder
+#    seeds (bf16 with D in fp32, the default, and with D in bf16 too), one process training short runs one after another; the demo shards are synthesised into a temporary folder
 CURVE_DATA=$(mktemp -d)
 # shellcheck disable=SC2086
-run "$CURVES" curves "$T_CURVES" "$NEED_CURVES" --device "$DEVICE" $CURVES_ARGS --variants fp32,bf16 \
+run "$CURVES" curves "$T_CURVES" "$NEED_CURVES" --device "$DEVICE" $CURVES_ARGS --variants fp32,bf16,bf16+bf16_d \
     "data.root=$CURVE_DATA/demo"
 rm -rf "$CURVE_DATA"
 "$PY" benchmarks/summarize.py "$TRAIN" "$FEED" >"$OUT/summary.md" 2>>"$LOG" || say "summarize.py failed (see gpu.log)"

@@ -49,9 +49,15 @@ def _compile_label(row: dict) -> str:
     return label if backend == "inductor" else f"{label} [{backend}]"
 
 
+def _precision_label(row: dict) -> str:
+    """bf16 keeps D in fp32 unless the line says bf16_discriminator (D under autocast too)."""
+    precision = row.get("precision", "")
+    return f"{precision} (D bf16)" if row.get("bf16_discriminator") else precision
+
+
 def _key(row: dict) -> tuple:
     return (row.get("mode", ""), row.get("batch", 0), bool(row.get("compile")), row.get("compile_mode") or "",
-            row.get("precision", ""), bool(row.get("channels_last")), bool(row.get("fused_adam")))
+            _precision_label(row), bool(row.get("channels_last")), bool(row.get("fused_adam")))
 
 
 def train_table(rows: list[dict]) -> list[str]:
@@ -77,7 +83,7 @@ def train_table(rows: list[dict]) -> list[str]:
             notes.append(f"warm-up {r.get('warmup_s', '-')} s")
         sync = r.get("host_sync_free")
         sync_text = "-" if sync is None else ("yes" if sync is True else f"NO: {sync}")
-        out.append(f"| {r['mode']} | {r['batch']} | {r['precision']} | {'yes' if r['channels_last'] else 'no'} | "
+        out.append(f"| {r['mode']} | {r['batch']} | {_precision_label(r)} | {'yes' if r['channels_last'] else 'no'} | "
                    f"{_compile_label(r)} | {'yes' if r['fused_adam'] else 'no'} | {_fmt(r['images_per_s'])} | "
                    f"{_fmt(r['ms_per_step'])} ({_fmt(r.get('ms_per_step_median'))}) | {_fmt(r.get('tflops_per_s'))} | "
                    f"{_fmt(r.get('peak_mem_gib'), 2)} | {speedup} | {sync_text} | {' '.join(notes)} |")
@@ -94,14 +100,15 @@ def anchor_section(rows: list[dict]) -> list[str]:
         at_batch = [r for r in ok if r["batch"] == batch]
         best = max(at_batch, key=lambda r: r["images_per_s"], default=None)
         ours = ", ".join(f"{r['images_per_s']:.1f} img/s ({r['peak_mem_gib']:.1f} GiB)" for r in same) or "-"
-        best_text = (f"{best['images_per_s']:.1f} img/s: {best['precision']}, "
+        best_text = (f"{best['images_per_s']:.1f} img/s: {_precision_label(best)}, "
                      f"{'NHWC' if best['channels_last'] else 'NCHW'}, {_compile_label(best)}") if best else "-"
         out.append(f"| {label} | {reference} | {ours} | {best_text} |")
-    best = max(ok, key=lambda r: r["images_per_s"], default=None)
+    # the goal asks for fp32's training behaviour: a bf16 D failed that on the demo (results/cpu-2026-11-27)
+    best = max((r for r in ok if not r.get("bf16_discriminator")), key=lambda r: r["images_per_s"], default=None)
     if best:
         out.append("")
-        out.append(f"Best CUT setting: **{best['images_per_s']:.1f} images/s** (batch {best['batch']}, "
-                   f"{best['precision']}, {'channels_last' if best['channels_last'] else 'NCHW'}, "
+        out.append(f"Best CUT setting (D in fp32): **{best['images_per_s']:.1f} images/s** (batch {best['batch']}, "
+                   f"{_precision_label(best)}, {'channels_last' if best['channels_last'] else 'NCHW'}, "
                    f"{_compile_label(best)}, fused Adam {'on' if best['fused_adam'] else 'off'}) = "
                    f"{best['images_per_s'] / REFERENCE_BEST:.2f}x the reference's best ({REFERENCE_BEST:.0f} img/s); "
                    f"goal {GOAL:.0f} img/s: {'met' if best['images_per_s'] >= GOAL else 'not met'}.")

@@ -54,6 +54,19 @@ def test_summary_table_speedups_anchor_feed_and_failures(summarize, tmp_path):
     assert "`--batch 32 --precision fp32`: timeout after 200s" in text
 
 
+def test_a_bf16_discriminator_is_labelled_and_not_the_goals_best(summarize, tmp_path):
+    """A faster line with D under autocast is shown as such, but the goal line (fp32's training behaviour) takes
+    the best line that keeps D in fp32."""
+    train = tmp_path / "train_step.jsonl"
+    lines = [row(precision="bf16", images_per_s=90.0),
+             row(precision="bf16", bf16_discriminator=True, images_per_s=95.0)]
+    train.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    text = summarize.summarize(summarize.read_lines([str(train)]))
+    table = [line for line in text.splitlines() if line.startswith("| cut |")]
+    assert [("(D bf16)" in line) for line in table] == [False, True]
+    assert "Best CUT setting (D in fp32): **90.0 images/s**" in text
+
+
 def test_bad_input_exits_2(summarize, tmp_path, capsys):
     assert summarize.main([str(tmp_path / "missing.jsonl")]) == 2
     bad = tmp_path / "bad.jsonl"
