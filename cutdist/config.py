@@ -93,6 +93,7 @@ class DataConfig:
     no_flip: bool = False
     batch_size: int = 1               # per rank; PatchNCE's batch is always the per-rank batch
     loader_workers: int = 2           # DataLoader worker processes per rank
+    decode_on_device: bool = False    # loaders only read bytes; JPEG decode (nvJPEG on CUDA) + augment on the device
     shuffle_buffer: int = 100
     synth_if_missing: bool = False    # demo: synthesise the demo shards into root when absent
     synth_count: int = 400            # images per training domain when synthesising
@@ -400,6 +401,8 @@ def validate(cfg: JobConfig) -> JobConfig:
                f"crop {d.crop_size} is larger than data.load_size {d.load_size}")
     _check(d.batch_size >= 1, "data.batch_size", f"must be >= 1, got {d.batch_size}")
     _check(d.loader_workers >= 0, "data.loader_workers", f"must be >= 0, got {d.loader_workers}")
+    _check(not d.decode_on_device or d.preprocess == "resize_and_crop", "data.decode_on_device",
+           f"true supports data.preprocess=resize_and_crop only (it is {d.preprocess!r})")
     _check(d.shuffle_buffer >= 0, "data.shuffle_buffer", f"must be >= 0, got {d.shuffle_buffer}")
     _check(d.synth_count >= 2, "data.synth_count", f"must be >= 2, got {d.synth_count}")
     _check(d.synth_size >= 16 and d.synth_size % 4 == 0, "data.synth_size",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import tarfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-from cutdist.data.manifest import IMAGE_EXTENSIONS, open_location
+from cutdist.data.manifest import IMAGE_EXTENSIONS, CorruptSampleWarning, DataError, open_location
 
 JPEG_EXTENSIONS = ("jpg", "jpeg")
 
@@ -120,3 +121,37 @@ def augment_batch(images: list[torch.Tensor], rng: random.Random, *, load_size: 
             crop = crop.flip(-1)
         out.append(crop)
     return torch.stack(out).div_(127.5).sub_(1.0)
+
+
+class DeviceBatcher:
+    """Decodes and augments the encoded batches of the unpaired stream (``data.decode_on_device``) on the training
+    device: ``batcher(batch, load_size) -> (real_a, real_b, skipped)``.
+
+    An image that does not decode is warned about (shard and key), counted in ``skipped`` and stood in for by a
+    decoded image of the same domain (of this batch, else of the previous one), so that every rank keeps its batch
+    size: DDP needs every rank to step, and compiled graphs keep their shapes."""
+
+    def __init__(self, device: torch.device | str, *, crop_size: int, no_flip: bool = False):
+        self.device, self.crop_size, self.no_flip = torch.device(device), crop_size, no_flip
+        self.last: dict[str, list[torch.Tensor]] = {}
+
+    def __call__(self, batch: dict, load_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        out, skipped = [], 0
+        for domain in ("a", "b"):
+            encoded = batch[f"{domain}_encoded"]
+            counts = DecodeCounts()
+            images = decode_batch(encoded, self.device, counts)
+            for label in counts.skipped_names:
+                warnings.warn(f"{label}: cannot decode the image on {self.device}; skipped", CorruptSampleWarning,
+                              stacklevel=2)
+            skipped += counts.skipped
+            if not images:
+                if domain not in self.last:
+                    raise DataError(f"{encoded[0][0]}: no image of this rank's first {domain.upper()} batch decodes "
+                                    f"on {self.device}, and there is no earlier one to stand in")
+                images = self.last[domain]
+            images = [images[i % len(images)] for i in range(len(encoded))]
+            self.last[domain] = images
+            out.append(augment_batch(images, random.Random(batch["augment_seeds"][domain]), load_size=load_size,
+                                     crop_size=self.crop_size, no_flip=self.no_flip))
+        return out[0], out[1], skipped

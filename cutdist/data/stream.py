@@ -143,6 +143,20 @@ def _decoded(samples, skips: SkipCounter, transform) -> Iterator[tuple[str, torc
         yield key, image
 
 
+def _encoded(samples, skips: SkipCounter) -> Iterator[tuple[str, tuple[str, bytes]]]:
+    """(key, (label, encoded bytes)) for each sample with an image field, undecoded (data.decode_on_device: the
+    training device decodes them); samples without one are skipped and counted here, undecodable bytes there."""
+    for sample in samples:
+        key, shard = sample.get("__key__", "?"), sample.get("__url__", "?")
+        name = image_field(sample)
+        if name is None:
+            fields = sorted(k for k in sample if not k.startswith("__"))
+            skips.skip(shard, f"key {key}", f"no image field (fields: {fields})")
+            continue
+        skips.ok()
+        yield key, (f"{shard}: key {key}", bytes(sample[name]))
+
+
 def _zero() -> int:
     return 0
 
@@ -151,8 +165,9 @@ class _UnpairedStream(IterableDataset):
     """Infinite batches of (A, B) pairs for one rank; each DataLoader worker builds its own streams."""
 
     def __init__(self, splits: Splits, augment: TrainAugment, *, batch_size: int, shuffle_buffer: int,
-                 rank: int, world_size: int, epoch: int, seed: int):
+                 rank: int, world_size: int, epoch: int, seed: int, encoded: bool = False):
         super().__init__()
+        self.encoded = encoded
         self.urls = {"A": list(splits.train_a), "B": list(splits.train_b)}
         self.augment = augment
         self.batch_size, self.shuffle_buffer = batch_size, shuffle_buffer
@@ -169,17 +184,25 @@ class _UnpairedStream(IterableDataset):
             stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer,
                                       rng=random.Random(buffer_seed)))
         rng = random.Random(augment_seed)
-        return _decoded(wds.DataPipeline(*stages), skips, lambda img: self.augment(img, rng))
+        if self.encoded:
+            return _encoded(wds.DataPipeline(*stages), skips), rng
+        return _decoded(wds.DataPipeline(*stages), skips, lambda img: self.augment(img, rng)), rng
 
     def __iter__(self):
         worker, num_workers = _worker()
         skips = SkipCounter()
-        pairs = zip(self._domain("A", worker, num_workers, skips), self._domain("B", worker, num_workers, skips))
+        (stream_a, rng_a), (stream_b, rng_b) = (self._domain(d, worker, num_workers, skips) for d in "AB")
         batch = []
-        for pair in pairs:
+        for pair in zip(stream_a, stream_b):
             batch.append(pair)
             if len(batch) == self.batch_size:
                 (keys_a, a), (keys_b, b) = (zip(*[p[i] for p in batch]) for i in (0, 1))
+                if self.encoded:   # crops and flips are drawn on the device, from these seeds
+                    yield {"a_encoded": list(a), "b_encoded": list(b), "keys_a": list(keys_a),
+                           "keys_b": list(keys_b), "skipped": skips.take(),
+                           "augment_seeds": {"a": rng_a.getrandbits(63), "b": rng_b.getrandbits(63)}}
+                    batch = []
+                    continue
                 try:
                     a, b = stack(a), stack(b)
                 except ValueError:
@@ -214,7 +237,9 @@ def unpaired_loader(splits: Splits, data_cfg, *, rank: int, world_size: int, epo
     """One epoch of the unpaired training stream for ``rank`` (see the module docstring).
 
     Yields exactly ``steps_per_epoch(splits.num_train_a, data_cfg.batch_size, world_size)`` batches, each
-    ``{"a", "b": float [B, 3, H, W] in [-1, 1], "keys_a", "keys_b": list[str], "skipped": int}``.
+    ``{"a", "b": float [B, 3, H, W] in [-1, 1], "keys_a", "keys_b": list[str], "skipped": int}``; with
+    ``data_cfg.decode_on_device`` the images stay encoded (``"a_encoded"``, ``"b_encoded"``: (label, bytes) pairs,
+    plus ``"augment_seeds"``) for ``cutdist.data.gpu_decode.DeviceBatcher`` to decode on the training device.
     ``load_size`` overrides ``data_cfg.load_size`` (the reference trains its decay epochs at load = crop).
     """
     if not 0 <= rank < world_size:
@@ -225,7 +250,7 @@ def unpaired_loader(splits: Splits, data_cfg, *, rank: int, world_size: int, epo
                            crop_size=data_cfg.crop_size, no_flip=data_cfg.no_flip)
     dataset = _UnpairedStream(splits, augment, batch_size=data_cfg.batch_size,
                               shuffle_buffer=data_cfg.shuffle_buffer, rank=rank, world_size=world_size,
-                              epoch=epoch, seed=seed)
+                              epoch=epoch, seed=seed, encoded=data_cfg.decode_on_device)
     steps = steps_per_epoch(splits.num_train_a, data_cfg.batch_size, world_size)
     return UnpairedLoader(dataset, steps, data_cfg.loader_workers)
 

@@ -109,6 +109,7 @@ class LossMeter:
 def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from: str | Path | None = None,
                  logs_dir: Path, started_at: float | None = None) -> dict[str, Any]:
     """Train on this worker; returns the last metrics reported (the same on every rank except logs)."""
+    from cutdist.data.gpu_decode import DeviceBatcher
     from cutdist.data.stream import steps_per_epoch, unpaired_loader
     from cutdist.model.cut import cut_step, lr_factor
     from cutdist.model.fastpath import apply_fast_path, begin_step, to_input_format
@@ -172,6 +173,8 @@ def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from
     first_step_s = None
     base_lr = cfg.optim.lr
 
+    device_batcher = (DeviceBatcher(device, crop_size=cfg.data.crop_size, no_flip=cfg.data.no_flip)
+                      if cfg.data.decode_on_device else None)
     while not sched.finished(pos):
         lr = base_lr * (lr_factor(pos.epoch, cfg.optim.epochs, cfg.optim.epochs_decay) if sched.total_epochs else 1.0)
         strategy.set_lr(lr)
@@ -188,8 +191,13 @@ def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from
             seen = i + 1
             if i < skip:   # resuming mid-epoch: the stream is deterministic, so skip what was consumed
                 continue
-            real_a = to_input_format(batch["a"].to(device, non_blocking=True), cfg.train.channels_last)
-            real_b = to_input_format(batch["b"].to(device, non_blocking=True), cfg.train.channels_last)
+            if device_batcher is not None:
+                a, b, undecodable = device_batcher(batch, cfg.data.crop_size if finetuning else cfg.data.load_size)
+                batch["skipped"] = batch.get("skipped", 0) + undecodable
+            else:
+                a, b = batch["a"].to(device, non_blocking=True), batch["b"].to(device, non_blocking=True)
+            real_a = to_input_format(a, cfg.train.channels_last)
+            real_b = to_input_format(b, cfg.train.channels_last)
             begin_step(cfg.train.compile_mode if cfg.train.compile else "default")
             gen = torch.Generator(device=device)
             gen.manual_seed(step_seed(seed, ctx.rank, pos.step, 0))
