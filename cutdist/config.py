@@ -43,6 +43,9 @@ def generator_num_layers(n_blocks: int, antialias: bool) -> int:
     return 4 + 2 * per_resample + n_blocks + 2 * per_resample + 3
 
 
+# torch.compile modes (cutdist.model.fastpath applies them); "reduce-overhead" adds CUDA graphs.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 @dataclass
 class ModelConfig:
     mode: str = "cut"                 # preset: cut | fastcut
@@ -111,7 +114,7 @@ class TrainConfig:
     bf16_discriminator: bool = False  # with bf16: D under autocast too (faster; shifts the GAN balance on the demo)
     channels_last: bool = False
     compile: bool = False             # torch.compile G, D, F (eager with a warning if it fails)
-    compile_mode: str = "default"     # torch.compile mode (cutdist.model.fastpath.COMPILE_MODES); reduce-overhead = CUDA graphs
+    compile_mode: str = "default"     # torch.compile mode (COMPILE_MODES); reduce-overhead = CUDA graphs
     zero_stage: int = 1               # DeepSpeed ZeRO stage: 0 or 1 (2+ is refused, DeepSpeed#4923)
 
 
@@ -413,7 +416,7 @@ def validate(cfg: JobConfig) -> JobConfig:
     _one_of(cfg, "train.precision", ["fp32", "bf16"])
     _check(not t.bf16_discriminator or t.precision == "bf16", "train.bf16_discriminator",
            f"true needs train.precision=bf16 (it is {t.precision!r})")
-    _one_of(cfg, "train.compile_mode", ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
+    _one_of(cfg, "train.compile_mode", list(COMPILE_MODES))
     _check(t.zero_stage in (0, 1), "train.zero_stage",
            f"ZeRO stage {t.zero_stage} is not supported: two DeepSpeed engines (D and G+F) are broken across "
            "ranks at stage 2+ (DeepSpeed#4923); use 0 or 1")

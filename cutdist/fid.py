@@ -147,8 +147,9 @@ def run(args) -> int:
         except InceptionWeightsError as err:
             raise UsageError(str(err)) from None
 
-    if backbone_caveat(backbone):
-        print(f"warning: backbone {backbone}: {backbone_caveat(backbone)}", file=sys.stderr)
+    caveat = backbone_caveat(backbone)
+    if caveat:
+        print(f"warning: backbone {backbone}: {caveat}", file=sys.stderr)
     results = [_stats_of(p, k, args, model, "" if model is None else backbone) for p, k in zip(paths, kinds)]
     if args.save_stats:
         mu, sigma, n, meta = results[0]

@@ -125,8 +125,8 @@ def _shard_samples(shards, skips: SkipCounter) -> Iterator[dict]:
             skips.skip(url, what, _describe(failure))
 
 
-def _decoded(samples, skips: SkipCounter, transform) -> Iterator[tuple[str, torch.Tensor]]:
-    """(key, tensor) for each sample that decodes; the others are skipped and counted."""
+def _with_image(samples, skips: SkipCounter) -> Iterator[tuple[str, str, str, bytes]]:
+    """(key, shard, image field, encoded bytes) of each sample; one without an image field is skipped and counted."""
     for sample in samples:
         key, shard = sample.get("__key__", "?"), sample.get("__url__", "?")
         name = image_field(sample)
@@ -134,8 +134,14 @@ def _decoded(samples, skips: SkipCounter, transform) -> Iterator[tuple[str, torc
             fields = sorted(k for k in sample if not k.startswith("__"))
             skips.skip(shard, f"key {key}", f"no image field (fields: {fields})")
             continue
+        yield key, shard, name, sample[name]
+
+
+def _decoded(samples, skips: SkipCounter, transform) -> Iterator[tuple[str, torch.Tensor]]:
+    """(key, tensor) for each sample that decodes; the others are skipped and counted."""
+    for key, shard, name, data in _with_image(samples, skips):
         try:
-            image = transform(decode_rgb(sample[name]))
+            image = transform(decode_rgb(data))
         except Exception as err:   # PIL raises many types for bad data
             skips.skip(shard, f"key {key}", f"cannot decode {name}: {err.__class__.__name__}: {err}")
             continue
@@ -145,16 +151,10 @@ def _decoded(samples, skips: SkipCounter, transform) -> Iterator[tuple[str, torc
 
 def _encoded(samples, skips: SkipCounter) -> Iterator[tuple[str, tuple[str, bytes]]]:
     """(key, (label, encoded bytes)) for each sample with an image field, undecoded (data.decode_on_device: the
-    training device decodes them); samples without one are skipped and counted here, undecodable bytes there."""
-    for sample in samples:
-        key, shard = sample.get("__key__", "?"), sample.get("__url__", "?")
-        name = image_field(sample)
-        if name is None:
-            fields = sorted(k for k in sample if not k.startswith("__"))
-            skips.skip(shard, f"key {key}", f"no image field (fields: {fields})")
-            continue
+    training device decodes them, and counts what does not decode)."""
+    for key, shard, _, data in _with_image(samples, skips):
         skips.ok()
-        yield key, (f"{shard}: key {key}", bytes(sample[name]))
+        yield key, (f"{shard}: key {key}", bytes(data))
 
 
 def _zero() -> int:

@@ -20,11 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from cutdist import config
 from cutdist.model.networks import CUTNets
 
 NET_NAMES = ("g", "d", "f")
 # "reduce-overhead" adds CUDA graphs: call ``begin_step`` at the start of every training step.
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_MODES = config.COMPILE_MODES
 
 
 class CompileFallbackWarning(UserWarning):

@@ -185,14 +185,15 @@ def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from
         seen = 0
         # The reference drops the resize-then-crop jitter (load_size = crop_size) in the lr-decay epochs.
         finetuning = sched.total_epochs and pos.epoch >= cfg.optim.epochs
+        load_size = cfg.data.crop_size if finetuning else cfg.data.load_size
         loader = unpaired_loader(splits, cfg.data, rank=ctx.rank, world_size=ctx.world_size, epoch=pos.epoch,
-                                 seed=seed, load_size=cfg.data.crop_size if finetuning else None)
+                                 seed=seed, load_size=load_size)
         for i, batch in enumerate(loader):
             seen = i + 1
             if i < skip:   # resuming mid-epoch: the stream is deterministic, so skip what was consumed
                 continue
             if device_batcher is not None:
-                a, b, undecodable = device_batcher(batch, cfg.data.crop_size if finetuning else cfg.data.load_size)
+                a, b, undecodable = device_batcher(batch, load_size)
                 batch["skipped"] = batch.get("skipped", 0) + undecodable
             else:
                 a, b = batch["a"].to(device, non_blocking=True), batch["b"].to(device, non_blocking=True)
@@ -356,9 +357,9 @@ class FidEvaluator:
 
         self.cfg, self.splits, self.ctx = cfg, splits, ctx
         self.model, self.backbone = load_inception(cfg.eval.inception_weights, ctx.device)
-        if ctx.rank == 0 and backbone_caveat(self.backbone):
-            print(f"[cutdist.train] warning: FID backbone {self.backbone}: {backbone_caveat(self.backbone)}",
-                  flush=True)
+        caveat = backbone_caveat(self.backbone)
+        if ctx.rank == 0 and caveat:
+            print(f"[cutdist.train] warning: FID backbone {self.backbone}: {caveat}", flush=True)
         ref = [None, None]
         if ctx.rank == 0:
             ref = list(reference_stats(splits.test_b, model=self.model, backbone=self.backbone,

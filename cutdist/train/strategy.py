@@ -231,8 +231,7 @@ def _deepspeed(cfg: JobConfig, plain: CUTNets, device: torch.device) -> Strategy
     ds_cfg = deepspeed_config(cfg)
     gf = GeneratorAndF(plain.g, plain.f)
     engine_gf, *_ = deepspeed.initialize(model=gf, optimizer=optimizers["gf"], config=ds_cfg)
-    engine_d, *_ = deepspeed.initialize(model=plain.d, optimizer=optimizers["d"],
-                                        config=ds_cfg)
+    engine_d, *_ = deepspeed.initialize(model=plain.d, optimizer=optimizers["d"], config=ds_cfg)
     engines = {"d": engine_d, "gf": engine_gf}
     nets = WrappedNets(g=_EngineBranch(engine_gf, "g"), d=engine_d, f=_EngineBranch(engine_gf, "f"))
     return DeepSpeedStrategy("deepspeed", nets, plain, DeepSpeedUpdater(engines),
