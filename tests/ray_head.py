@@ -37,6 +37,13 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def worker_port_block(span: tuple[int, int], *, avoid: list[int], size: int = 200) -> int:
+    """First port of a random block of `size` worker ports in `span` holding none of `avoid` (Ray refuses overlaps)."""
+    starts = [start for start in range(span[0], span[1] - size + 1, size)
+              if not any(start <= port < start + size for port in avoid)]
+    return random.choice(starts)
+
+
 @dataclass
 class Head:
     address: str       # host:port of the GCS, for RAY_ADDRESS / ray.init
@@ -48,8 +55,9 @@ class Head:
 @contextlib.contextmanager
 def ray_head(prefix: str, *, num_cpus: int = 2, worker_ports: tuple[int, int] = (20000, 60000)) -> Iterator[Head]:
     temp_dir = tempfile.mkdtemp(prefix=prefix, dir="/tmp")   # short: Ray's socket paths live under it
-    gcs, node_mgr, obj_mgr, client, dash, agent_listen, agent_grpc, runtime_env, metrics = free_ports(9)
-    worker_min = random.randrange(worker_ports[0], worker_ports[1], 200)
+    components = free_ports(9)
+    gcs, node_mgr, obj_mgr, client, dash, agent_listen, agent_grpc, runtime_env, metrics = components
+    worker_min = worker_port_block(worker_ports, avoid=components)
     log = Path(temp_dir) / "ray_start.log"
     cmd = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
            f"--node-manager-port={node_mgr}", f"--object-manager-port={obj_mgr}",
