@@ -52,6 +52,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cutdist.bench.cli import UsageError, choose_device, device_name
+
 BASELINE = "fp32"
 # variant part -> the config switch it turns on (the baseline has them all off)
 SWITCHES: dict[str, tuple[str, Any]] = {
@@ -69,10 +71,6 @@ OWNED_KEYS = {**{key: "--variants" for key in BASELINE_SWITCHES}, "train.seed": 
               "optim.max_steps": "--steps", "logging.every_steps": "--interval", "eval.enabled": "(always false)"}
 NEVER = 10**9   # a cadence that never comes round within a bench run
 ROUND = 6
-
-
-class UsageError(ValueError):
-    """A bad command line; the message names the flag or key."""
 
 
 def default_config() -> Path:
@@ -157,16 +155,19 @@ def build_job(config_path: Path, overrides: list[str], *, steps: int, interval: 
         raise UsageError(str(err)) from None
 
 
-def read_curves(metrics_path: Path) -> tuple[list[int], dict[str, list[float]]]:
-    """(steps logged, {term: values}) from a run's metrics.jsonl; terms are the ``loss_`` keys without it.
+def read_curves(metrics_path: Path) -> tuple[list[int], dict[str, list[float]], float]:
+    """(steps logged, {term: values}, seconds spent training) from a run's metrics.jsonl; terms are the ``loss_``
+    keys without it, the seconds the sum of the intervals' ``interval_s``.
 
     Values are rounded to ``ROUND`` decimals; a non-finite one becomes None (JSON has no NaN).
     """
     steps: list[int] = []
     curves: dict[str, list[float]] = {}
+    busy_s = 0.0
     for line in metrics_path.read_text().splitlines():
         record = json.loads(line)
         steps.append(int(record["step"]))
+        busy_s += record["interval_s"]
         terms = {k[len("loss_"):]: float(v) for k, v in record.items() if k.startswith("loss_")}
         if curves and set(terms) != set(curves):
             raise RuntimeError(f"{metrics_path}: step {record['step']} logs terms {sorted(terms)}, "
@@ -175,7 +176,7 @@ def read_curves(metrics_path: Path) -> tuple[list[int], dict[str, list[float]]]:
             curves.setdefault(term, []).append(round(value, ROUND) if math.isfinite(value) else None)
     if not steps:
         raise RuntimeError(f"{metrics_path}: no metrics logged")
-    return steps, curves
+    return steps, curves, busy_s
 
 
 def _mean(values: list[float]) -> float:
@@ -229,28 +230,16 @@ def verdict(curves: dict[str, dict[str, dict[str, list[float]]]], seeds: list[in
     return out
 
 
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is visible to torch")
-    return torch.device(name)
-
-
 def _describe(args: argparse.Namespace, cfg: Any, config_path: Path, device: Any, seeds: list[int],
               variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
     import torch
-
-    from cutdist.bench.train_step import _device_name
 
     return {
         "bench": "curves", "config": str(config_path), "overrides": list(args.overrides), "steps": args.steps,
         "interval": args.interval, "seeds": seeds, "variants": {name: {k: v for k, v in sw.items()
                                                                       if BASELINE_SWITCHES[k] != v}
                                                                for name, sw in variants.items()},
-        "device": device.type, "device_name": _device_name(device), "torch": torch.__version__,
+        "device": device.type, "device_name": device_name(device), "torch": torch.__version__,
         "cuda": torch.version.cuda, "python": platform.python_version(),
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -279,16 +268,14 @@ def run_all(args: argparse.Namespace, config_path: Path, seeds: list[int], varia
             with contextlib.redirect_stdout(sys.stderr):   # the loop's console lines: stdout holds only the JSON
                 run_local(cfg, splits, run_dir=run_dir, device=device)
             wall = time.perf_counter() - t0
-            steps, curves = read_curves(run_dir / "metrics.jsonl")
+            steps, curves, busy_s = read_curves(run_dir / "metrics.jsonl")
             if "steps_logged" not in result:
                 result["steps_logged"] = steps
             elif steps != result["steps_logged"]:
                 raise RuntimeError(f"{name} seed {seed}: logged steps {steps}, the first run {result['steps_logged']}")
             result["curves"][name][str(seed)] = curves
-            records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-            busy = sum(r["interval_s"] for r in records)
             result["runs"][name][str(seed)] = {"wall_s": round(wall, 2),
-                                               "images_per_s": round(steps[-1] * cfg.data.batch_size / busy, 3)}
+                                               "images_per_s": round(steps[-1] * cfg.data.batch_size / busy_s, 3)}
             print(f"[cutdist.bench curves] {name} seed {seed}: {steps[-1]} steps in {wall:.1f} s", file=sys.stderr,
                   flush=True)
 
@@ -311,12 +298,11 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--threads: must be >= 0, got {args.threads}")
         seeds = parse_seeds(args.seeds)
         variants = parse_variants(args.variants)
-        first = build_job(config_path, args.overrides, steps=args.steps, interval=args.interval, seed=seeds[0],
-                          switches=variants[BASELINE])   # every usage error before any training
-        for switches in variants.values():
-            build_job(config_path, args.overrides, steps=args.steps, interval=args.interval, seed=seeds[0],
-                      switches=switches)
-        device = _device(args.device)
+        jobs = {name: build_job(config_path, args.overrides, steps=args.steps, interval=args.interval, seed=seeds[0],
+                                switches=switches)   # every usage error before any training
+                for name, switches in variants.items()}
+        first = jobs[BASELINE]
+        device = choose_device(args.device)
     except UsageError as err:
         print(f"cutdist.bench curves: {err}", file=sys.stderr)
         return 2

@@ -34,14 +34,11 @@ from typing import Any
 import torch
 
 from cutdist import config
+from cutdist.bench.cli import UsageError, choose_device, device_name
 from cutdist.model.cut import LocalUpdater, cut_step, make_optimizers
 from cutdist.model.fastpath import (COMPILE_MODES, CompileFallbackWarning, apply_fast_path, begin_step,
                                     compile_failures, to_input_format)
 from cutdist.model.networks import build_nets
-
-
-class UsageError(ValueError):
-    """A bad command line; the message names the flag."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,27 +97,6 @@ def _job(args: argparse.Namespace) -> config.JobConfig:
         return config.from_dict(values)
     except config.ConfigError as err:
         raise UsageError(str(err)) from None
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is visible to torch")
-    return torch.device(name)
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def predicted_coins(flip_gen: torch.Generator, n: int) -> list[bool]:
@@ -258,7 +234,7 @@ def describe(args: argparse.Namespace, cfg: config.JobConfig, device: torch.devi
         "compile_mode": args.compile_mode if cfg.train.compile else None,
         "compile_backend": args.compile_backend if cfg.train.compile else None,
         "channels_last": cfg.train.channels_last, "fused_adam": cfg.optim.fused,
-        "steps": args.steps, "warmup": args.warmup, "device": device.type, "device_name": _device_name(device),
+        "steps": args.steps, "warmup": args.warmup, "device": device.type, "device_name": device_name(device),
         "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "ngf": cfg.model.ngf, "ndf": cfg.model.ndf, "n_blocks": cfg.model.n_blocks, "n_layers_d": cfg.model.n_layers_d,
@@ -324,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         cfg = _job(args)
-        device = _device(args.device)
+        device = choose_device(args.device)
     except UsageError as err:
         print(f"cutdist.bench train-step: {err}", file=sys.stderr)
         return 2
