@@ -286,7 +286,7 @@ def _looks_like_float(text: str) -> bool:
         float(text)
     except ValueError:
         return False
-    return any(c in text.lower() for c in "e.") and not text.lower().startswith(("inf", "nan", "-inf"))
+    return any(c in text.lower() for c in "e.") and not text.lower().lstrip("+-").startswith(("inf", "nan"))
 
 
 def load(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
@@ -301,7 +301,7 @@ def load(path: str | Path | None = None, overrides: list[str] | dict[str, Any] |
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-        apply(cfg, _fix_floats(data))
+        apply(cfg, yaml_floats(data))
     if isinstance(overrides, dict):
         apply(cfg, overrides)
     else:
@@ -314,18 +314,19 @@ def load(path: str | Path | None = None, overrides: list[str] | dict[str, Any] |
 
 
 def from_dict(values: dict[str, Any], *, validate_config: bool = True) -> JobConfig:
-    cfg = apply(JobConfig(), _fix_floats(values))
+    cfg = apply(JobConfig(), yaml_floats(values))
     resolve(cfg)
     if validate_config:
         validate(cfg)
     return cfg
 
 
-def _fix_floats(value: Any) -> Any:
+def yaml_floats(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string: such strings, anywhere in ``value``, become floats."""
     if isinstance(value, dict):
-        return {k: _fix_floats(v) for k, v in value.items()}
+        return {k: yaml_floats(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_fix_floats(v) for v in value]
+        return [yaml_floats(v) for v in value]
     if isinstance(value, str) and _looks_like_float(value):
         return float(value)
     return value

@@ -37,6 +37,17 @@ def test_yaml_file_then_overrides(tmp_path):
     assert cfg.optim.lr == pytest.approx(1e-3) and cfg.train.use_gpu is True
 
 
+def test_yaml_exponents_become_floats_and_signed_inf_nan_stay_text():
+    # YAML 1.1 reads 1e-3 (no dot) as a string; job files, overrides and space files share the one fix
+    assert config.yaml_floats({"a": ["1e-3", "2.5E2", "x.y", "e"], "b": {"c": "-1e-2"}}) == \
+        {"a": [1e-3, 250.0, "x.y", "e"], "b": {"c": -1e-2}}
+    assert config.yaml_floats(["inf", "+inf", "-inf", "nan", "-nan", "+Infinity"]) == \
+        ["inf", "+inf", "-inf", "nan", "-nan", "+Infinity"]
+    assert config.parse_override("optim.lr=+inf") == ("optim.lr", "+inf")
+    with pytest.raises(config.ConfigError, match=r"^optim.lr: expected a number, got '\+inf'"):
+        load(**{"optim.lr": "+inf"})
+
+
 def test_round_trip_through_to_dict():
     cfg = load(**{"train.resources_per_worker": {"CPU": 2, "GPU": 1}})
     again = config.from_dict(cfg.to_dict())

@@ -175,7 +175,7 @@ def load_space(path: str | Path, job_values: dict[str, Any], overrides: dict[str
 def parse_space(raw: Any, job_values: dict[str, Any], overrides: dict[str, Any] | None = None, *,
                 where: str = "space") -> Space:
     """Validate an already-read space mapping (see the module docstring) and return it as a ``Space``."""
-    raw = _floats(raw)
+    raw = config_mod.yaml_floats(raw)
     if not isinstance(raw, dict):
         raise SpaceError(f"{where}: expected a mapping with 'params' at the top level")
     unknown = [k for k in raw if k not in TOP_KEYS]
@@ -215,21 +215,6 @@ def parse_space(raw: Any, job_values: dict[str, Any], overrides: dict[str, Any] 
             raise SpaceError(f"{where}: params.{key}: also set on the command line; drop one of the two")
         _check_values(p, base, where)
     return space
-
-
-def _floats(value: Any) -> Any:
-    """YAML 1.1 reads ``1e-3`` (no dot) as a string: such strings become floats, as in job files."""
-    if isinstance(value, dict):
-        return {k: _floats(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_floats(v) for v in value]
-    if isinstance(value, str) and any(c in value.lower() for c in "e.") and \
-            not value.lower().lstrip("+-").startswith(("inf", "nan")):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
 
 
 def _optional_int(raw: dict, key: str, where: str, minimum: int) -> int | None:
