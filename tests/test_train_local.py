@@ -188,3 +188,30 @@ def test_build_trainer_settings(shards, tmp_path):
     loop = trainer.train_loop_config
     assert loop["logs_dir"] == str(tmp_path / "sweep" / "trial_7")
     assert loop["config"]["name"] == "trial_7" and Path(loop["splits"].train_a[0]).is_absolute()
+
+
+def test_worker_resources_are_what_ray_asks_for(tmp_path, capsys):
+    """One per-worker computation serves the train driver's warning and the sweep's trial count; it must agree with
+    Ray's own ScalingConfig for the same fields (a GPU worker without resources_per_worker asks for no CPU)."""
+    from ray.train import ScalingConfig
+
+    from cutdist.train.__main__ import warn_if_short_of_resources
+    from cutdist.train.launcher import worker_resources
+
+    cases = [{}, {"train.use_gpu": True}, {"train.resources_per_worker": {"CPU": 2, "GPU": 0}},
+             {"train.use_gpu": True, "train.resources_per_worker": {"CPU": 8}},
+             {"train.use_gpu": True, "train.resources_per_worker": {"CPU": 4, "GPU": 0.5}}]
+    for values in cases:
+        cfg = config.from_dict({"data.root": str(tmp_path), **values})
+        t = cfg.train
+        ray_asks = ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                 resources_per_worker=dict(t.resources_per_worker) or None)
+        assert worker_resources(cfg) == \
+            {k: float(v) for k, v in ray_asks._resources_per_worker_not_none.items()}, values
+
+    gpu = config.from_dict({"data.root": str(tmp_path), "train.use_gpu": True, "train.num_workers": 2})
+    warn_if_short_of_resources(gpu, {"CPU": 16.0, "GPU": 1.0})
+    err = capsys.readouterr().err
+    assert "needs 2 GPU but the cluster has 1" in err and "CPU" not in err
+    warn_if_short_of_resources(gpu, {"CPU": 0.0, "GPU": 2.0})
+    assert capsys.readouterr().err == ""

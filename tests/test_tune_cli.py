@@ -9,11 +9,12 @@ import pytest
 import yaml
 
 from cutdist import config
+from cutdist.train.launcher import worker_resources
 from cutdist.tune import __main__ as cli
 from cutdist.tune.results import (ERROR, INCOMPLETE, STOPPED_EARLY, TERMINATED, TrialSummary, error_line,
                                   plot_fid_vs_hparams, summarise, write_best_config, write_leaderboard)
 from cutdist.tune.space import parse_space
-from cutdist.tune.trial import trials_that_fit, worker_resources
+from cutdist.tune.trial import trials_that_fit
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE_JOB = ROOT / "jobs" / "smoke.yaml"

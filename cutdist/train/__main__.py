@@ -117,11 +117,10 @@ def announce_synthesis(cfg: config_mod.JobConfig) -> None:
 
 
 def warn_if_short_of_resources(cfg: config_mod.JobConfig, available: dict) -> None:
+    from cutdist.train.launcher import worker_resources
+
     t = cfg.train
-    per_worker = dict(t.resources_per_worker) or {"CPU": 1.0}
-    if t.use_gpu:
-        per_worker.setdefault("GPU", 1.0)
-    for key, amount in per_worker.items():
+    for key, amount in worker_resources(cfg).items():
         need = amount * t.num_workers
         if need > available.get(key, 0.0):
             print(f"[cutdist.train] warning: train.num_workers={t.num_workers} x {amount:g} {key} needs {need:g} "

@@ -107,6 +107,17 @@ def loop_config(cfg: JobConfig, splits: Any, *, resume_from: str = "", started_a
             "started_at": time.time() if started_at is None else started_at}
 
 
+def worker_resources(cfg: JobConfig) -> dict[str, float]:
+    """What one Ray Train worker of the job asks for, as Ray's ScalingConfig computes it from the same fields
+    (default: 1 CPU; with use_gpu: 1 GPU and no CPU; zero amounts dropped)."""
+    per_worker = {k: float(v) for k, v in cfg.train.resources_per_worker.items() if v != 0}
+    if not cfg.train.resources_per_worker:
+        per_worker = {} if cfg.train.use_gpu else {"CPU": 1.0}
+    if cfg.train.use_gpu:
+        per_worker.setdefault("GPU", 1.0)
+    return per_worker
+
+
 def build_trainer(cfg: JobConfig, splits: Any, *, resume_from: str = "", started_at: float | None = None,
                   name: str | None = None, storage: str | None = None, callbacks: list | None = None,
                   train_log_level: str = "WARNING"):

@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ray.tune import Tuner
 
-    from cutdist.train.launcher import is_remote
+    from cutdist.train.launcher import is_remote, worker_resources
 
     if args.resume and not Tuner.can_restore(sweep_dir):
         return fail(f"--resume: {sweep_dir} holds no Tune experiment state to restore")
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         (Path(sweep_dir) / SWEEP_FILE).write_text(yaml.safe_dump(saved, sort_keys=False))
     say(f"{'resuming' if args.resume else 'starting'} sweep {sweep_dir}: space {saved['space_file']}, search "
         f"{space.search}, scheduler {space.scheduler.type}, {space.num_samples} sample(s), up to {concurrency} "
-        f"trial(s) at once, each {base.train.num_workers} worker(s) x {describe(worker_need(base))}")
+        f"trial(s) at once, each {base.train.num_workers} worker(s) x {describe(worker_resources(base))}")
     results = run_sweep(space, sweep_dir, concurrency, resume=bool(args.resume), retry_errored=args.retry_errored)
     return report(results, space, sweep_dir, splits)
 
@@ -172,12 +172,6 @@ def sweep_problem(base: config_mod.JobConfig, space) -> str | None:
     return None
 
 
-def worker_need(cfg: config_mod.JobConfig) -> dict[str, float]:
-    from cutdist.tune.trial import worker_resources
-
-    return worker_resources(cfg)
-
-
 def describe(resources: dict[str, float]) -> str:
     """CPU, GPU and custom resources (not memory, object store or node ids), e.g. ``2 CPU, 1 GPU``."""
     shown = {k: v for k, v in resources.items()
@@ -186,7 +180,9 @@ def describe(resources: dict[str, float]) -> str:
 
 
 def describe_need(cfg: config_mod.JobConfig) -> str:
-    return describe({k: v * cfg.train.num_workers for k, v in worker_need(cfg).items()})
+    from cutdist.train.launcher import worker_resources
+
+    return describe({k: v * cfg.train.num_workers for k, v in worker_resources(cfg).items()})
 
 
 def choose_concurrency(cfg: config_mod.JobConfig, space, cluster: dict[str, float], *, local: bool) -> int | None:

@@ -18,6 +18,7 @@ import math
 from typing import Any
 
 from cutdist.config import JobConfig
+from cutdist.train.launcher import worker_resources
 from cutdist.tune.space import Space
 
 TRIAL_MEMORY = 256 * 1024 * 1024
@@ -26,17 +27,6 @@ RUNS_DIR = "runs"
 
 def trial_resources() -> dict[str, float]:
     return {"cpu": 0, "memory": TRIAL_MEMORY}
-
-
-def worker_resources(cfg: JobConfig) -> dict[str, float]:
-    """What one Ray Train worker of the job asks for, as Ray's ScalingConfig computes it (default: 1 CPU; with
-    use_gpu: 1 GPU and no CPU)."""
-    per_worker = {k: float(v) for k, v in cfg.train.resources_per_worker.items() if v != 0}
-    if not cfg.train.resources_per_worker:
-        per_worker = {} if cfg.train.use_gpu else {"CPU": 1.0}
-    if cfg.train.use_gpu:
-        per_worker.setdefault("GPU", 1.0)
-    return per_worker
 
 
 def trials_that_fit(cfg: JobConfig, cluster: dict[str, float]) -> int:
