@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from data_fixtures import flip_byte, image_bytes, make_root, member_offsets
 
 from cutdist.shards import main
@@ -33,11 +34,12 @@ def test_write_inspect_verify_round_trip_and_a_flipped_byte(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["splits"]["testA"]["images"] == 2 and "problems" not in report
 
-    offset, size = member_offsets(out / "trainA-000001.tar")["img003.png"]
-    flip_byte(out / "trainA-000001.tar", offset + size - 20)
+    shard = next(r["shard"] for r in pq.read_table(out / "manifest.parquet").to_pylist() if r["key"] == "img003")
+    offset, size = member_offsets(out / shard)["img003.png"]
+    flip_byte(out / shard, offset + size - 20)
     assert main(["inspect", str(out), "--verify"]) == 1
     printed = capsys.readouterr().out
-    assert "MISMATCH trainA-000001.tar: key img003: sha256" in printed and "verify: 1 problem(s)" in printed
+    assert f"MISMATCH {shard}: key img003: sha256" in printed and "verify: 1 problem(s)" in printed
 
 
 def test_usage_and_data_errors_exit_2_with_one_line(tmp_path, capsys):
