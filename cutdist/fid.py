@@ -7,7 +7,9 @@ Each PATH is one of:
 - an ``.npz`` of statistics in pytorch-fid's format (``mu``, ``sigma``), e.g. written by ``--save-stats``.
 
 Prints ``FID <value> (backbone: <label>; <n_a> vs <n_b> images)`` on stdout; a progress bar and notes go to
-stderr. ``--weights``: a .pth path, ``auto`` (torch hub cache, downloaded where the network allows) or
+stderr. ``--kid`` adds ``KID <mean> ± <std> (<subsets> subsets of <size>; ...)``: the Kernel Inception Distance
+from the same features (``cutdist.eval.kid``: unbiased MMD², cubic kernel, 100 subsets of min(1000, n));
+an .npz then needs the features themselves, which ``--save-stats`` stores when ``--kid`` is given. ``--weights``: a .pth path, ``auto`` (torch hub cache, downloaded where the network allows) or
 ``random`` (a seeded random-init backbone for offline demos: warned about, and its label says it is not a
 real FID). An .npz made here carries its backbone label and must match the one in use; pytorch-fid's own
 .npz carry none and are assumed to match. ``--save-stats OUT.npz`` writes the statistics of PATH_A (PATH_B may
@@ -19,6 +21,8 @@ import argparse
 import sys
 import warnings
 from pathlib import Path
+
+import numpy as np
 
 USAGE_ERROR = 2
 
@@ -44,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="testB", help="the split read from a shard directory (default testB)")
     p.add_argument("--save-stats", metavar="OUT.npz", help="write the statistics of PATH_A to OUT.npz")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--kid", action="store_true",
+                   help="also the Kernel Inception Distance (and --save-stats keeps the features it needs)")
+    p.add_argument("--kid-subsets", type=int, default=100, help="KID: random subsets (default 100)")
+    p.add_argument("--kid-subset-size", type=int, default=1000,
+                   help="KID: images per subset, capped by the smaller set (default 1000)")
     return p
 
 
@@ -61,7 +70,7 @@ def _kind(path: str) -> str:
 
 
 def _stats_of(path: str, kind: str, args, model, backbone: str):
-    """(mu, sigma, n_images, meta) of one PATH."""
+    """(mu, sigma, n_images, meta) of one PATH; with ``--kid`` meta["features"] holds its activations."""
     from tqdm import tqdm
 
     from cutdist.data.manifest import DataError
@@ -81,6 +90,9 @@ def _stats_of(path: str, kind: str, args, model, backbone: str):
         elif backbone and theirs != backbone:
             raise UsageError(f"{path}: statistics were made with backbone {theirs!r}, not {backbone!r}; "
                              "FIDs across backbones are meaningless")
+        if args.kid and not isinstance(meta.get("features"), np.ndarray):
+            raise UsageError(f"{path}: holds no Inception features, which KID needs (write it with "
+                             "--save-stats ... --kid, or pass the images)")
         return mu, sigma, int(meta.get("n_images", 0)), meta
 
     skipped = SkipCount()
@@ -104,15 +116,19 @@ def _stats_of(path: str, kind: str, args, model, backbone: str):
         batches = shard_batches(split.urls, size=size, batch_size=args.batch_size,
                                 on_skipped=lambda n: setattr(skipped, "count", skipped.count + n))
         total = split.count
+    features: list | None = [] if args.kid else None
     with tqdm(total=total, unit="img", desc=Path(path).name, disable=args.no_progress, file=sys.stderr) as bar:
-        stats = accumulate_stats(batches, model, batch_size=args.batch_size, progress=bar)
+        stats = accumulate_stats(batches, model, batch_size=args.batch_size, progress=bar, features=features)
     if skipped.count:
         print(f"warning: {path}: {skipped.count} undecodable image(s) skipped, e.g. {skipped.examples[:3]}",
               file=sys.stderr)
     if stats.n < 2:
         raise UsageError(f"{path}: {stats.n} readable image(s); FID needs at least 2")
     mu, sigma = stats.mu_sigma()
-    return mu, sigma, stats.n, {"skipped": skipped.count, "size": size}
+    meta = {"skipped": skipped.count, "size": size}
+    if features is not None:
+        meta["features"] = np.concatenate(features)
+    return mu, sigma, stats.n, meta
 
 
 def run(args) -> int:
@@ -122,6 +138,9 @@ def run(args) -> int:
         raise UsageError(f"--batch-size: must be >= 1, got {args.batch_size}")
     if args.size < 0:
         raise UsageError(f"--size: must be >= 0, got {args.size}")
+    if args.kid_subsets < 1 or args.kid_subset_size < 2:
+        raise UsageError(f"--kid-subsets / --kid-subset-size: need >= 1 and >= 2, got {args.kid_subsets} and "
+                         f"{args.kid_subset_size}")
     paths = [p for p in (args.path_a, args.path_b) if p is not None]
     kinds = [_kind(p) for p in paths]   # before importing torch: a wrong path fails at once
     if args.save_stats and kinds[0] == "npz":
@@ -153,8 +172,9 @@ def run(args) -> int:
     results = [_stats_of(p, k, args, model, "" if model is None else backbone) for p, k in zip(paths, kinds)]
     if args.save_stats:
         mu, sigma, n, meta = results[0]
+        extra = {"features": meta["features"]} if "features" in meta else {}
         out = save_stats(args.save_stats, mu, sigma, backbone=backbone, n_images=n, source=str(args.path_a),
-                         size=meta["size"], skipped=meta["skipped"])
+                         size=meta["size"], skipped=meta["skipped"], **extra)
         print(f"saved statistics of {args.path_a} ({n} images, backbone: {backbone}) to {out}", file=sys.stderr)
     if len(results) == 2:
         (mu1, s1, n1, _), (mu2, s2, n2, _) = results
@@ -163,6 +183,15 @@ def run(args) -> int:
         fid = frechet_distance(mu1, s1, mu2, s2)
         counts = " vs ".join(str(n) if n else "?" for n in (n1, n2))
         print(f"FID {fid:.6f} (backbone: {backbone}; {counts} images)")
+        if args.kid:
+            from cutdist.eval.kid import kid
+
+            result = kid(results[0][3]["features"], results[1][3]["features"], subsets=args.kid_subsets,
+                         subset_size=args.kid_subset_size)
+            note = "; whole sets, no spread" if result.subset_size == result.n_x == result.n_y \
+                else ""
+            print(f"KID {result.mean:.6f} ± {result.std:.6f} ({result.subsets} subsets of {result.subset_size}"
+                  f"{note}; backbone: {backbone}; {result.n_x} vs {result.n_y} images)")
     return 0
 
 

@@ -3,6 +3,7 @@
 - ``cutdist.eval.inception``: ``load_inception``, ``activations``, ``InceptionWeightsError``, ``is_random_backbone``
 - ``cutdist.eval.stats``: ``ActivationStats`` (mergeable, all-reducible), ``save_stats`` / ``load_stats`` (npz)
 - ``cutdist.eval.frechet``: ``frechet_distance`` (in-house, float64)
+- ``cutdist.eval.kid``: ``kid`` (Kernel Inception Distance from the same features), ``gather_features``
 - ``cutdist.eval.sources``: image folders and shard splits as batches in [0, 1]
 - ``cutdist.eval.reference``: ``reference_stats`` (the real testB statistics, cached)
 - ``cutdist.eval.during_training``: ``fid_during_training`` (translate, all-reduce, FID on every rank)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 from PIL import Image
@@ -120,13 +121,18 @@ def shard_batches(urls: list[str], *, size: int, batch_size: int, rank: int = 0,
 
 
 def accumulate_stats(batches: Iterable[torch.Tensor], model: nn.Module, *, batch_size: int = 50,
-                     stats: ActivationStats | None = None, progress=None) -> ActivationStats:
-    """Inception statistics of image batches in [0, 1]; ``progress`` (a tqdm bar) is advanced per image."""
+                     stats: ActivationStats | None = None, progress=None,
+                     features: list | None = None) -> ActivationStats:
+    """Inception statistics of image batches in [0, 1]; ``progress`` (a tqdm bar) is advanced per image;
+    ``features``: a list that receives each batch's activations too (float32 ``[B, 2048]``, for KID)."""
     stats = stats if stats is not None else ActivationStats(FEATURE_DIM)
     for images in batches:
         if images.shape[0] == 0:
             continue
-        stats.update(activations(model, images, batch_size=batch_size))
+        acts = activations(model, images, batch_size=batch_size)
+        stats.update(acts)
+        if features is not None:
+            features.append(np.asarray(acts, dtype=np.float32))
         if progress is not None:
             progress.update(images.shape[0])
     return stats
