@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import glob
-import io
 import re
 import sys
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from cutdist.data.manifest import DataError
+from cutdist.data.members import open_image, tar_headers, tar_members
 from cutdist.model.io import ModelIOError, load_generator
 
 IMAGE_EXTENSIONS = {"jpg", "jpeg", "png", "ppm", "pgm", "pbm", "bmp", "webp", "tif", "tiff", "gif"}
@@ -57,33 +57,42 @@ def _file_item(path: Path, out_stem: str) -> Item:
 
 
 def _shard_items(shard: Path, prefix: str) -> Iterator[Item]:
+    """The samples of a shard in tar order (members of a sample are adjacent, as webdataset writes them), read
+    by the shared bounded reader: a damaged or hostile member ends the shard with one problem item, after every
+    sample before it."""
+    def sample_item(key: str, members: dict[str, bytes]) -> Item:
+        label = f"{shard} key {key}"
+        ext = next((e for e in members if e in IMAGE_EXTENSIONS), None)
+        if ext is None:
+            return Item(prefix + key, label, None, f"no image member (has {sorted(members)})")
+        return Item(prefix + key, label, members[ext])
+
+    key, members = None, {}
     try:
-        with tarfile.open(shard) as tar:
-            samples: dict[str, dict[str, tarfile.TarInfo]] = {}
-            for member in tar:
-                if not member.isfile():
-                    continue
-                m = _KEY_EXT.match(member.name)
+        with open(shard, "rb") as stream:
+            for name, data in tar_members(stream, str(shard)):
+                m = _KEY_EXT.match(name)
                 if m is None:
                     continue
-                samples.setdefault(m.group(1), {})[m.group(2).lower()] = member
-            for key, members in samples.items():
-                label = f"{shard} key {key}"
-                ext = next((e for e in members if e in IMAGE_EXTENSIONS), None)
-                if ext is None:
-                    yield Item(prefix + key, label, None, f"no image member (has {sorted(members)})")
-                    continue
-                handle = tar.extractfile(members[ext])
-                yield Item(prefix + key, label, handle.read() if handle else None)
-    except (tarfile.TarError, OSError) as err:
-        yield Item(prefix + "?", str(shard), None, f"unreadable shard ({err})")
+                if key is not None and m.group(1) != key:
+                    yield sample_item(key, members)
+                    members = {}
+                key = m.group(1)
+                members[m.group(2).lower()] = data
+    except (DataError, OSError) as err:
+        if key is not None:
+            yield sample_item(key, members)
+        yield Item(prefix + "?", str(shard), None, f"unreadable shard ({str(err).split(': ', 1)[-1]})")
+        return
+    if key is not None:
+        yield sample_item(key, members)
 
 
 def _count_shard(shard: Path) -> int:
     try:
-        with tarfile.open(shard) as tar:
-            return len({m.group(1) for t in tar if t.isfile() and (m := _KEY_EXT.match(t.name))}) or 1
-    except (tarfile.TarError, OSError):
+        with open(shard, "rb") as stream:
+            return len({m.group(1) for name in tar_headers(stream, str(shard)) if (m := _KEY_EXT.match(name))}) or 1
+    except (DataError, OSError):
         return 1
 
 
@@ -189,7 +198,7 @@ def translate(generator: torch.nn.Module, items: Iterator[Item], output: Path, *
                 skip(item.label, f"another input already writes {item.out_stem}.png")
                 continue
             try:
-                with Image.open(io.BytesIO(item.data)) as image:
+                with open_image(item.data) as image:
                     x = preprocess(image, size)
             except Exception as err:  # noqa: BLE001 - any undecodable file is skipped, never fatal
                 skip(item.label, f"not a readable image ({type(err).__name__}: {str(err)[:120]})")

@@ -6,12 +6,12 @@ The augmentation follows ``TrainAugment``'s ``resize_and_crop`` (resize to load 
 horizontal flip, [-1, 1]) with the same draws from the same ``random.Random`` (left, top, flip), but torch's
 bicubic kernel (a = -0.75) is not PIL's (a = -0.5): pixels differ by a few levels of 255 from the CPU path.
 Images that are not JPEG are decoded on the CPU (``decode_image``) and moved over, and counted; images that
-cannot be decoded are skipped and counted. Reads tar shards with ``tarfile`` alone (no webdataset needed).
+cannot be decoded, or whose header declares more pixels than ``members.MAX_IMAGE_PIXELS``, are skipped and counted.
+Reads tar shards through ``cutdist.data.members`` (bounded member sizes; no webdataset needed).
 """
 from __future__ import annotations
 
 import random
-import tarfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from cutdist.data.manifest import IMAGE_EXTENSIONS, CorruptSampleWarning, DataError, open_location
+from cutdist.data.members import MemberError, image_header_size, tar_members
 
 JPEG_EXTENSIONS = ("jpg", "jpeg")
 
@@ -38,13 +39,20 @@ def read_encoded(urls: list[str]) -> Iterator[tuple[str, str, bytes]]:
     for url in urls:
         stream = open_location(url)
         try:
-            with tarfile.open(fileobj=stream, mode="r|*") as tar:
-                for member in tar:
-                    ext = member.name.rsplit(".", 1)[-1].lower() if "." in member.name else ""
-                    if member.isreg() and ext in IMAGE_EXTENSIONS:
-                        yield url, member.name, tar.extractfile(member).read()
+            for name, data in tar_members(stream, url):
+                ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+                if ext in IMAGE_EXTENSIONS:
+                    yield url, name, data
         finally:
             stream.close()
+
+
+def _header_ok(name: str, data: bytes) -> bool:
+    try:
+        image_header_size(data)
+    except MemberError:
+        return False
+    return True
 
 
 def _is_jpeg(data: bytes) -> bool:
@@ -58,7 +66,9 @@ def decode_batch(encoded: list[tuple[str, bytes]], device: torch.device | str,
     counts = counts if counts is not None else DecodeCounts()
     device = torch.device(device)
     out: list[torch.Tensor | None] = [None] * len(encoded)
-    jpeg_at = [i for i, (_, data) in enumerate(encoded) if _is_jpeg(data)]
+    # the shared pixel bound, from the header, before any decoder allocates (nvJPEG and decode_image have none)
+    sane = [_header_ok(name, data) for name, data in encoded]
+    jpeg_at = [i for i, (_, data) in enumerate(encoded) if sane[i] and _is_jpeg(data)]
     datas = [torch.frombuffer(bytearray(encoded[i][1]), dtype=torch.uint8) for i in jpeg_at]
     if datas:
         try:
@@ -73,7 +83,7 @@ def decode_batch(encoded: list[tuple[str, bytes]], device: torch.device | str,
         for i, image in zip(jpeg_at, decoded):
             out[i] = image
     for i, (name, data) in enumerate(encoded):
-        if i in jpeg_at:
+        if i in jpeg_at or not sane[i]:
             continue
         try:
             out[i] = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB).to(device)

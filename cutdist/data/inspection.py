@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tarfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
 from webdataset.tariterators import base_plus_ext
 
-from cutdist.data.manifest import SPLITS, is_url, join, local_path, open_location, read_manifest
+from cutdist.data.manifest import SPLITS, DataError, is_url, join, local_path, open_location, printable, read_manifest
+from cutdist.data.members import image_header_size, tar_members
 from cutdist.data.transforms import image_field
 
 
@@ -74,29 +74,30 @@ def _mb(n: int) -> str:
     return f"{n / 2 ** 20:.1f} MiB" if n >= 2 ** 20 else f"{n / 2 ** 10:.1f} KiB"
 
 
-def _read_shard(location: str) -> tuple[dict[str, tuple[str, str]], str | None]:
-    """{key: (format, sha256)} of a shard's samples as the training reader sees them, and the error that
-    stopped reading early (None when the shard was read to its end)."""
-    found: dict[str, tuple[str, str]] = {}
+def _header_size(data: bytes) -> tuple[int, int] | str:
+    try:
+        return image_header_size(data)
+    except DataError as err:
+        return str(err)
+
+
+def _read_shard(location: str) -> tuple[dict[str, tuple], str | None]:
+    """{key: (format, sha256, bytes, (width, height) or why the header is unreadable)} of a shard's samples as
+    the training reader sees them, and the error that stopped reading early (None when read to its end)."""
+    found: dict[str, tuple] = {}
     try:
         stream = open_location(location)
         try:
-            with tarfile.open(fileobj=stream, mode="r|*") as tar:
-                for member in tar:
-                    if not member.isreg():
-                        continue
-                    key, ext = base_plus_ext(member.name)
-                    if key is None:
-                        continue
-                    data = tar.extractfile(member).read()
-                    if len(data) != member.size:
-                        raise tarfile.ReadError(f"member {member.name} truncated")
-                    ext = ext.lower()
-                    if image_field({ext: None}) is not None:
-                        found[key] = (ext, hashlib.sha256(data).hexdigest())
+            for name, data in tar_members(stream, location):
+                key, ext = base_plus_ext(name)
+                if key is None:
+                    continue
+                ext = ext.lower()
+                if image_field({ext: None}) is not None:
+                    found[key] = (ext, hashlib.sha256(data).hexdigest(), len(data), _header_size(data))
         finally:
             stream.close()
-    except Exception as err:   # tarfile, OSError from curl, ...: the shard is damaged from here on
+    except Exception as err:   # MemberError, OSError from curl, ...: the shard is damaged from here on
         text = str(err).splitlines()[0] if str(err) else err.__class__.__name__
         return found, f"{err.__class__.__name__}: {text}"
     return found, None
@@ -107,9 +108,9 @@ def verify_shards(root: str, progress: bool = False) -> list[str]:
     from tqdm import tqdm
 
     rows = read_manifest(root).to_pylist()
-    expected: dict[str, dict[str, tuple[str, str]]] = defaultdict(dict)
+    expected: dict[str, dict[str, tuple]] = defaultdict(dict)
     for row in rows:
-        expected[row["shard"]][row["key"]] = (row["format"], row["sha256"])
+        expected[row["shard"]][row["key"]] = (row["format"], row["sha256"], row["bytes"], (row["width"], row["height"]))
     problems: list[str] = []
     for shard in tqdm(sorted(expected), unit="shard", desc="verify", disable=not progress):
         location = join(root, shard)
@@ -119,18 +120,25 @@ def verify_shards(root: str, progress: bool = False) -> list[str]:
         found, error = _read_shard(location)
         if error:
             problems.append(f"{shard}: unreadable after {len(found)} samples ({error})")
-        for key, (fmt, sha) in expected[shard].items():
+        for key, (fmt, sha, size, dims) in expected[shard].items():
+            name = printable(key)
             if key not in found:
                 if not error:
-                    problems.append(f"{shard}: key {key}: in the manifest, not in the shard")
+                    problems.append(f"{shard}: key {name}: in the manifest, not in the shard")
                 continue
-            got_fmt, got_sha = found[key]
+            got_fmt, got_sha, got_size, got_dims = found[key]
             if got_fmt != fmt:
-                problems.append(f"{shard}: key {key}: format {got_fmt}, manifest says {fmt}")
+                problems.append(f"{shard}: key {name}: format {printable(got_fmt)}, manifest says {printable(fmt)}")
             if got_sha != sha:
-                problems.append(f"{shard}: key {key}: sha256 {got_sha[:16]}..., manifest says {sha[:16]}...")
+                problems.append(f"{shard}: key {name}: sha256 {got_sha[:16]}..., manifest says {str(sha)[:16]}...")
+            if got_size != size:
+                problems.append(f"{shard}: key {name}: {got_size} bytes, manifest says {size}")
+            if isinstance(got_dims, str):
+                problems.append(f"{shard}: key {name}: image header unreadable or refused ({got_dims})")
+            elif got_dims != dims:
+                problems.append(f"{shard}: key {name}: {got_dims[0]}x{got_dims[1]}, manifest says {dims[0]}x{dims[1]}")
         for key in sorted(set(found) - set(expected[shard])):
-            problems.append(f"{shard}: key {key}: in the shard, not in the manifest")
+            problems.append(f"{shard}: key {printable(key)}: in the shard, not in the manifest")
     if not is_url(root):
         pattern = re.compile(r"^(%s)-\d{6}\.tar$" % "|".join(SPLITS))
         for name in sorted(os.listdir(local_path(root))):

@@ -12,7 +12,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from cutdist.redact import redact_uri
 
 SPLITS = ("trainA", "trainB", "testA", "testB", "testGT")
 MANIFEST_NAME = "manifest.parquet"
@@ -33,11 +36,40 @@ MANIFEST_SCHEMA = pa.schema([
 
 
 class DataError(ValueError):
-    """A data problem; ``str(err)`` is one line naming the culprit (file, key, shard, config key)."""
+    """A data problem; ``str(err)`` is one line naming the culprit (file, key, shard, config key), with any URL
+    credentials redacted (``cutdist.redact``)."""
+
+    def __init__(self, message: object = "", *args):
+        super().__init__(redact_uri(str(message)), *args)
 
 
 class CorruptSampleWarning(UserWarning):
-    """A sample or shard that could not be read was skipped."""
+    """A sample or shard that could not be read was skipped (the message's URL credentials redacted)."""
+
+    def __init__(self, message: object = "", *args):
+        super().__init__(redact_uri(str(message)), *args)
+
+
+# A shard name in the manifest is a plain file name inside the shard directory: no path separator, no '..',
+# no shell metacharacter or whitespace (a ``pipe:`` root appends it to a shell command), no leading '-' or '.'.
+_SHARD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=-]{0,254}$")
+
+
+def shard_name_problem(name: object) -> str | None:
+    """Why ``name`` is not an acceptable manifest shard name, or None."""
+    if not isinstance(name, str) or not name:
+        return f"shard name {name!r} is empty"
+    if not _SHARD_NAME.match(name) or ".." in name:
+        return (f"shard name {printable(name)} is not a plain file name (letters, digits, '_', '.', '+', '=', '-'; "
+                "no path separator, '..', whitespace or shell metacharacter)")
+    return None
+
+
+def printable(text: object) -> str:
+    """``text`` as is when every character is printable, else quoted with escapes, so a hostile name cannot
+    forge console lines."""
+    text = str(text)
+    return text if text.isprintable() else repr(text)
 
 
 def is_url(location: str) -> bool:
@@ -97,7 +129,34 @@ def read_manifest(root: str) -> pa.Table:
     missing = [name for name in MANIFEST_SCHEMA.names if name not in table.column_names]
     if missing:
         raise DataError(f"{location}: manifest lacks columns {missing}")
-    return table.select(MANIFEST_SCHEMA.names)
+    try:
+        table = table.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA)
+    except (pa.ArrowException, ValueError) as err:
+        raise DataError(f"{location}: manifest columns of the wrong type ({describe_error(err)})") from None
+    check_manifest_rows(table, location)
+    return table
+
+
+def check_manifest_rows(table: pa.Table, location: str) -> None:
+    """DataError naming the first row with an unsafe shard name, a null, or a width/height < 1 / bytes < 0:
+    the manifest decides which files are opened and how images are sized, so it is checked where it is read."""
+    shards = table.column("shard").to_pylist()
+    for name in sorted(set(shards), key=str):
+        problem = shard_name_problem(name)
+        if problem:
+            row = shards.index(name)
+            raise DataError(f"{location}: row {row}: {problem}")
+    for column, low in (("width", 1), ("height", 1), ("bytes", 0)):
+        bad = pc.fill_null(pc.less(table.column(column), low), True)
+        if pc.any(bad).as_py():
+            row = pc.index(bad, True).as_py()
+            key = table.column("key")[row].as_py()
+            raise DataError(f"{location}: row {row} (shard {shards[row]}, key {printable(key)}): "
+                            f"{column} {table.column(column)[row].as_py()}, must be >= {low}")
+    for column in ("split", "key", "format"):
+        if table.column(column).null_count:
+            row = pc.index(pc.is_null(table.column(column)), True).as_py()
+            raise DataError(f"{location}: row {row} (shard {shards[row]}): {column} is null")
 
 
 def write_manifest(rows: list[dict], path: Path) -> None:

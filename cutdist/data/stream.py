@@ -30,14 +30,18 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from webdataset.tariterators import group_by_keys, tar_file_iterator
+from webdataset.tariterators import group_by_keys
 
 from cutdist.data.manifest import CorruptSampleWarning, DataError, describe_error
+from cutdist.data.members import MemberError, tar_members
 from cutdist.data.splits import Splits
 from cutdist.data.transforms import TrainAugment, decode_rgb, image_field, resize_square, stack
 
 # Give up when this many samples/shards in a row fail: the data is broken, not a sample.
 MAX_CONSECUTIVE_FAILURES = 1000
+# ... or when this many shards in a row (empty, unreadable, refused) give no sample: a resampled stream over
+# shards without samples would otherwise loop forever.
+MAX_CONSECUTIVE_BAD_SHARDS = 50
 
 
 def steps_per_epoch(num_train_a: int, batch_size: int, world_size: int) -> int:
@@ -71,6 +75,7 @@ class SkipCounter:
         self.pending = 0
         self.total = 0
         self.consecutive = 0
+        self.bad_shards = 0
         self.warn = warn
 
     def skip(self, shard: str, what: str, reason: str) -> None:
@@ -84,6 +89,17 @@ class SkipCounter:
             raise DataError(f"{shard}: {self.consecutive} samples/shards in a row could not be read "
                             f"(last: {what}: {reason})")
 
+    def bad_shard(self, shard: str, what: str, reason: str) -> None:
+        """Count a shard that gave no sample (or broke midway); too many in a row is a DataError."""
+        self.skip(shard, what, reason)
+        self.bad_shards += 1
+        if self.bad_shards >= MAX_CONSECUTIVE_BAD_SHARDS:
+            raise DataError(f"{shard}: {self.bad_shards} shards in a row could not be read or held no sample "
+                            f"(last: {what}: {reason}); check the shards with `python -m cutdist.shards inspect --verify`")
+
+    def shard_ok(self) -> None:
+        self.bad_shards = 0
+
     def ok(self) -> None:
         self.consecutive = 0
 
@@ -93,6 +109,8 @@ class SkipCounter:
 
 
 def _describe(err: BaseException) -> str:
+    if isinstance(err, MemberError):   # its reason: the line names the shard already
+        return err.reason
     text = describe_error(err)
     return text if text.startswith(err.__class__.__name__) else f"{err.__class__.__name__}: {text}"
 
@@ -106,14 +124,25 @@ def _shard_samples(shards, skips: SkipCounter) -> Iterator[dict]:
         try:
             stream = wds.gopen(url, "rb")
         except Exception as err:   # no such file, bad URL scheme, ...
-            skips.skip(url, "the whole shard", _describe(err))
+            skips.bad_shard(url, "the whole shard", _describe(err))
             continue
+        broken: list[BaseException] = []
+
+        def files():   # ends cleanly at a broken member, so group_by_keys still yields the sample before it
+            try:
+                for name, data in tar_members(stream, url):
+                    yield {"fname": name, "data": data, "__url__": url}
+            except Exception as err:   # MemberError, OSError from curl, ...
+                broken.append(err)
+
         try:
-            files = ({**item, "__url__": url} for item in tar_file_iterator(stream))
-            for sample in group_by_keys(files):
+            for sample in group_by_keys(files()):
+                if last is None:
+                    skips.shard_ok()
                 last = sample["__key__"]
                 yield sample
-        except Exception as err:   # tarfile.ReadError, OSError from curl, ...
+            failure = broken[0] if broken else None
+        except Exception as err:   # a grouping error
             failure = err
         finally:
             try:
@@ -122,7 +151,9 @@ def _shard_samples(shards, skips: SkipCounter) -> Iterator[dict]:
                 failure = failure or err
         if failure is not None:
             what = f"the rest of the shard after key {last}" if last else "the whole shard"
-            skips.skip(url, what, _describe(failure))
+            (skips.skip if last else skips.bad_shard)(url, what, _describe(failure))
+        elif last is None:
+            skips.bad_shard(url, "the whole shard", "no samples (an empty tar, or directories only)")
 
 
 def _with_image(samples, skips: SkipCounter) -> Iterator[tuple[str, str, str, bytes]]:

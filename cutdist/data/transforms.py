@@ -10,7 +10,6 @@ then round each side to a multiple of 4, random horizontal flip unless ``no_flip
 """
 from __future__ import annotations
 
-import io
 import random
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from cutdist.data.manifest import IMAGE_EXTENSIONS
+from cutdist.data.members import open_image
 
 BICUBIC = InterpolationMode.BICUBIC
 
@@ -37,7 +37,7 @@ def decode_rgb(data: bytes) -> Image.Image:
     """Fully decode encoded image bytes to RGB; raises on empty, truncated or unknown data."""
     if not data:
         raise ValueError("empty image")
-    img = Image.open(io.BytesIO(data))
+    img = open_image(data)   # the shared pixel bound (members.MAX_IMAGE_PIXELS)
     img.load()
     return img.convert("RGB")
 

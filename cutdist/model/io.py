@@ -5,6 +5,8 @@ A cutdist checkpoint is a directory; its ``model.pt`` holds::
     {"format": "cutdist-model-v1", "g": state_dict, "d": state_dict | None, "f": state_dict | None,
      "config": JobConfig.to_dict(), "step": int, "epoch": int, "source": str}
 
+(the stored config has URL credentials redacted, ``cutdist.redact``).
+
 Plain CPU tensors only (read back with ``torch.load(weights_only=True)``), written atomically (temp file in the
 same directory + ``os.replace``). Keys are saved without a leading ``module.`` / ``_orig_mod.`` so wrapped
 (DDP, DeepSpeed, torch.compile) and plain models save the same file. Training state lives beside it (train/).
@@ -22,6 +24,7 @@ from torch import nn
 from cutdist import config as config_mod
 from cutdist.config import JobConfig
 from cutdist.model.networks import CUTNets, ResnetGenerator, build_generator
+from cutdist.redact import redact_values
 
 MODEL_FILE = "model.pt"
 FORMAT = "cutdist-model-v1"
@@ -84,7 +87,7 @@ def save_model(ckpt_dir: str | Path, nets_or_state_dicts: CUTNets | Mapping[str,
         "g": plain_state_dict(parts["g"], "g"),
         "d": plain_state_dict(parts.get("d"), "d"),
         "f": plain_state_dict(parts.get("f"), "f"),
-        "config": cfg.to_dict(),
+        "config": redact_values(cfg.to_dict()),   # never a URL's credentials on disk
         "step": int(step),
         "epoch": int(epoch),
         "source": str(source),

@@ -39,7 +39,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def fail(message: str, code: int = 2) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    from cutdist.redact import redact_uri
+
+    print(f"error: {redact_uri(message)}", file=sys.stderr)
     return code
 
 

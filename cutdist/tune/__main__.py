@@ -36,6 +36,7 @@ import yaml
 
 from cutdist import config as config_mod
 from cutdist.config import ConfigError
+from cutdist.redact import redact_uri, redact_values, redacted_values
 
 SWEEP_FILE = "sweep.yaml"
 PATH_KEYS = ("data.root", "data.train_a", "data.train_b", "data.test_a", "data.test_b", "checkpoint.resume_from",
@@ -65,12 +66,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def fail(message: str, code: int = 2) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {redact_uri(message)}", file=sys.stderr)
     return code
 
 
 def say(message: str) -> None:
-    print(f"[cutdist.tune] {message}", flush=True)
+    print(f"[cutdist.tune] {redact_uri(message)}", flush=True)
 
 
 def read_job(path: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -99,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
             if not saved_file.is_file():
                 return fail(f"--resume: {sweep_dir} is not a cutdist sweep directory (no {SWEEP_FILE})")
             saved = yaml.safe_load(saved_file.read_text())
+            stripped = redacted_values(saved)
+            if stripped:
+                return fail(f"--resume: {saved_file} stores {stripped[0]} without the credentials its URL had "
+                            "(cutdist never writes them); such a sweep cannot be resumed: start a new one")
             space = parse_space(saved["space"], saved["job_values"], saved["overrides"], where=saved["space_file"])
         else:
             overrides = dict(config_mod.parse_override(text) for text in args.overrides)
@@ -156,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"local Ray cluster has ({describe(ray.cluster_resources())})")
     if not args.resume:
         Path(sweep_dir).mkdir(parents=True)
-        (Path(sweep_dir) / SWEEP_FILE).write_text(yaml.safe_dump(saved, sort_keys=False))
+        # never a URL's credentials on disk: a sweep whose job carries some cannot be resumed (see below)
+        (Path(sweep_dir) / SWEEP_FILE).write_text(yaml.safe_dump(redact_values(saved), sort_keys=False))
     say(f"{'resuming' if args.resume else 'starting'} sweep {sweep_dir}: space {saved['space_file']}, search "
         f"{space.search}, scheduler {space.scheduler.type}, {space.num_samples} sample(s), up to {concurrency} "
         f"trial(s) at once, each {base.train.num_workers} worker(s) x {describe(worker_resources(base))}")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cutdist.config import JobConfig
+from cutdist.redact import redact_uri
 from cutdist.tune.space import Space
 
 LEADERBOARD = "leaderboard"
@@ -187,5 +188,5 @@ def write_best_config(best: TrialSummary, space: Space, path: str | Path, *, nam
               f"{best.epochs_reached:g} ({best.status}); its checkpoint: {best.best_checkpoint}\n"
               f"# Train it: python -m cutdist.train --config {path}\n")
     path = Path(path)
-    path.write_text(header + cfg.to_yaml())
+    path.write_text(redact_uri(header + cfg.to_yaml()))   # never a URL's credentials on disk
     return path
