@@ -80,6 +80,7 @@ class OptimConfig:
     epochs_decay: int | None = None   # epochs of linear decay to zero (preset)
     max_steps: int = 0                # >0 ends training after this many steps (smoke runs, benchmarks)
     fused: bool = False               # fused Adam kernels (CUDA only)
+    lr_scaling: str = "none"          # lr for a global batch B: none (lr), sqrt (lr*sqrt(B)), linear (lr*B)
 
 
 @dataclass
@@ -355,6 +356,15 @@ def _one_of(cfg: JobConfig, key: str, allowed: list[Any]) -> None:
     _check(value in allowed, key, f"must be one of {allowed}, got {value!r}")
 
 
+# optim.lr is the paper's lr, tuned for its batch of 1; the global batch is workers x data.batch_size.
+LR_SCALING = {"none": lambda b: 1.0, "sqrt": lambda b: float(b) ** 0.5, "linear": lambda b: float(b)}
+
+
+def scaled_lr(optim: OptimConfig, global_batch: int) -> float:
+    """The Adam lr a run uses at ``global_batch`` images per step: ``optim.lr`` scaled by ``optim.lr_scaling``."""
+    return optim.lr * LR_SCALING[optim.lr_scaling](global_batch)
+
+
 def validate(cfg: JobConfig) -> JobConfig:
     m, lo, o, d, t, c, lg, e = (cfg.model, cfg.loss, cfg.optim, cfg.data, cfg.train, cfg.checkpoint,
                                cfg.logging, cfg.eval)
@@ -386,6 +396,7 @@ def validate(cfg: JobConfig) -> JobConfig:
     _check(o.epochs + o.epochs_decay >= 1 or o.max_steps > 0, "optim.epochs",
            "epochs + epochs_decay must be >= 1 (or set optim.max_steps)")
     _check(o.max_steps >= 0, "optim.max_steps", f"must be >= 0, got {o.max_steps}")
+    _one_of(cfg, "optim.lr_scaling", list(LR_SCALING))
 
     _check(bool(d.root) or bool(d.train_a and d.train_b), "data.root",
            "set data.root (a shard directory) or both data.train_a and data.train_b")

@@ -10,6 +10,7 @@ SUBCOMMANDS = {
     "fid": "cutdist.bench.fid",                # Inception feature extraction, images/s
     "decode": "cutdist.bench.gpu_decode",      # JPEG decode + augment on the GPU (nvJPEG) vs one CPU core, images/s
     "curves": "cutdist.bench.curves",          # loss curves of fast-path variants vs fp32, within seed-to-seed noise?
+    "scaling": "cutdist.bench.scaling",        # quality vs global batch under lr rules none/sqrt/linear, same images seen
 }
 
 

@@ -171,7 +171,7 @@ def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from
     meter = LossMeter()
     last_metrics: dict[str, Any] = {"step": pos.step, "epoch": float(pos.epoch)}
     first_step_s = None
-    base_lr = cfg.optim.lr
+    base_lr = config_mod.scaled_lr(cfg.optim, sched.images_per_step)   # optim.lr_scaling at the global batch
 
     device_batcher = (DeviceBatcher(device, crop_size=cfg.data.crop_size, no_flip=cfg.data.no_flip)
                       if cfg.data.decode_on_device else None)
