@@ -90,7 +90,7 @@ class DataConfig:
     train_b: str = ""
     test_a: str = ""
     test_b: str = ""
-    num_train_a: int = 0              # |A| for the epoch length; 0 = count from the manifest
+    num_train_a: int = 0              # >0: train on the first N images of trainA only; 0 = all
     load_size: int = 286
     crop_size: int = 256
     preprocess: str = "resize_and_crop"  # resize_and_crop | scale_width_and_crop | none
@@ -98,7 +98,6 @@ class DataConfig:
     batch_size: int = 1               # per rank; PatchNCE's batch is always the per-rank batch
     loader_workers: int = 2           # DataLoader worker processes per rank
     decode_on_device: bool = False    # loaders only read bytes; JPEG decode (nvJPEG on CUDA) + augment on the device
-    shuffle_buffer: int = 100
     synth_if_missing: bool = False    # demo: synthesise the demo shards into root when absent
     synth_count: int = 400            # images per training domain when synthesising
     synth_size: int = 64
@@ -207,6 +206,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return value
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
+        if isinstance(value, str) and _looks_like_float(value):
+            value = float(value)   # YAML 1.1 reads "1e-3" (no dot) as a string: only a float field converts it
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(float(value)):
                 raise ConfigError(f"{key}: expected a finite number, got {value!r}")
@@ -223,9 +224,20 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+# Keys that no longer exist: a job file or override naming one is refused with the reason; a checkpoint's
+# stored config (``from_dict(..., stored=True)``) drops them, so older checkpoints still load.
+RETIRED = {
+    "data.shuffle_buffer": "the training stream reads samples by index in a fresh permutation every epoch, "
+                           "there is no shuffle buffer any more; remove the key",
+}
+
+
 def _set(obj: Any, dotted: str, value: Any, prefix: str = "") -> None:
     head, _, rest = dotted.partition(".")
     full = f"{prefix}{head}"
+    if full in RETIRED or (not rest and isinstance(value, dict) and any(f"{full}.{k}" in RETIRED for k in value)):
+        name = full if full in RETIRED else next(f"{full}.{k}" for k in value if f"{full}.{k}" in RETIRED)
+        raise ConfigError(f"{name}: retired key ({RETIRED[name]})")
     hints = _hints(type(obj))
     if head not in hints:
         raise ConfigError(f"{full}: unknown key (known: {', '.join(hints)})")
@@ -277,9 +289,25 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"{key}: cannot read value {raw!r} ({err.__class__.__name__})") from None
-    if isinstance(value, str) and _looks_like_float(value):
-        value = float(value)   # YAML 1.1 reads "1e-3" as a string
-    return key.strip(), value
+    key = key.strip()
+    if value is not None and not isinstance(value, (str, list, dict)) and _accepts_text(key):
+        value = raw.strip()   # name=2.0, tag=true: a text field takes the text as written
+    return key, value
+
+
+def field_takes(dotted: str, tp: type) -> bool:
+    """True when the config field ``dotted`` is of type ``tp`` (possibly optional); False when unknown."""
+    obj: Any = JobConfig
+    for part in dotted.split("."):
+        hints = _hints(obj) if dataclasses.is_dataclass(obj) else {}
+        if part not in hints:
+            return False
+        obj = hints[part]
+    return obj is tp or tp in typing.get_args(obj)
+
+
+def _accepts_text(dotted: str) -> bool:
+    return field_takes(dotted, str)
 
 
 def _looks_like_float(text: str) -> bool:
@@ -302,7 +330,7 @@ def load(path: str | Path | None = None, overrides: list[str] | dict[str, Any] |
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-        apply(cfg, yaml_floats(data))
+        apply(cfg, data)
     if isinstance(overrides, dict):
         apply(cfg, overrides)
     else:
@@ -314,8 +342,12 @@ def load(path: str | Path | None = None, overrides: list[str] | dict[str, Any] |
     return cfg
 
 
-def from_dict(values: dict[str, Any], *, validate_config: bool = True) -> JobConfig:
-    cfg = apply(JobConfig(), yaml_floats(values))
+def from_dict(values: dict[str, Any], *, validate_config: bool = True, stored: bool = False) -> JobConfig:
+    """A config from a mapping; ``stored``: a checkpoint's saved config, whose retired keys are dropped."""
+    if stored and isinstance(values, dict):
+        values = {section: ({k: v for k, v in keys.items() if f"{section}.{k}" not in RETIRED}
+                            if isinstance(keys, dict) else keys) for section, keys in values.items()}
+    cfg = apply(JobConfig(), values)
     resolve(cfg)
     if validate_config:
         validate(cfg)
@@ -323,7 +355,8 @@ def from_dict(values: dict[str, Any], *, validate_config: bool = True) -> JobCon
 
 
 def yaml_floats(value: Any) -> Any:
-    """YAML 1.1 reads ``1e-3`` (no dot) as a string: such strings, anywhere in ``value``, become floats."""
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string: such strings, anywhere in ``value``, become floats. Only for
+    values that must be numbers (a space's range bounds); config fields convert in ``_coerce``, float fields only."""
     if isinstance(value, dict):
         return {k: yaml_floats(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -418,7 +451,6 @@ def validate(cfg: JobConfig) -> JobConfig:
     _check(d.loader_workers >= 0, "data.loader_workers", f"must be >= 0, got {d.loader_workers}")
     _check(not d.decode_on_device or d.preprocess == "resize_and_crop", "data.decode_on_device",
            f"true supports data.preprocess=resize_and_crop only (it is {d.preprocess!r})")
-    _check(d.shuffle_buffer >= 0, "data.shuffle_buffer", f"must be >= 0, got {d.shuffle_buffer}")
     _check(d.synth_count >= 2, "data.synth_count", f"must be >= 2, got {d.synth_count}")
     _check(d.synth_size >= 16 and d.synth_size % 4 == 0, "data.synth_size",
            f"must be a multiple of 4, >= 16, got {d.synth_size}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import http.server
 import io
+import re
 import tarfile
 import threading
 from pathlib import Path
@@ -49,8 +50,31 @@ def flip_byte(path: Path, offset: int) -> None:
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Python's file server, plus single ``Range: bytes=a-b`` requests (answered 206), as object stores and
+    production web servers serve them; ``ranges_served`` counts them (class-wide)."""
+    ranges_served = 0
+
     def log_message(self, *args):
         pass
+
+    def send_head(self):
+        wanted = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", "").strip())
+        path = Path(self.translate_path(self.path))
+        if wanted is None or not path.is_file():
+            return super().send_head()
+        data = path.read_bytes()
+        first = int(wanted.group(1))
+        last = min(int(wanted.group(2)) if wanted.group(2) else len(data) - 1, len(data) - 1)
+        if first >= len(data):
+            self.send_error(416)
+            return None
+        type(self).ranges_served += 1
+        self.send_response(206)
+        self.send_header("Content-Type", "application/x-tar")
+        self.send_header("Content-Range", f"bytes {first}-{last}/{len(data)}")
+        self.send_header("Content-Length", str(last - first + 1))
+        self.end_headers()
+        return io.BytesIO(data[first:last + 1])
 
 
 class ServedDirectory:

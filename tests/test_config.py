@@ -113,3 +113,27 @@ def test_override_syntax_errors():
         config.load(None, ["data.root"])
     with pytest.raises(ConfigError, match="--config"):
         config.load("/no/such/job.yaml")
+
+
+def test_exponent_text_becomes_a_float_only_in_float_fields(tmp_path):
+    # the YAML 1.1 fix converts where the field is a float; a text field keeps the text as written
+    path = tmp_path / "job.yaml"
+    path.write_text("name: 1e3\ndata:\n  root: r\noptim:\n  lr: 1e-3\n")
+    cfg = config.load(path)
+    assert cfg.name == "1e3" and cfg.optim.lr == pytest.approx(1e-3)
+    cfg = config.load(None, ["name=2.0", "optim.lr=2e-4", "data.root=1e5"])
+    assert cfg.name == "2.0" and cfg.data.root == "1e5" and cfg.optim.lr == pytest.approx(2e-4)
+    assert config.parse_override("name=true") == ("name", "true")
+    assert config.parse_override("optim.lr=0.5") == ("optim.lr", 0.5)
+    with pytest.raises(config.ConfigError, match=r"^loss.num_patches: expected an integer, got '1e3'$"):
+        load(**{"loss.num_patches": "1e3"})
+
+
+def test_retired_key_is_refused_in_jobs_and_dropped_from_stored_configs():
+    with pytest.raises(config.ConfigError, match=r"^data.shuffle_buffer: retired key \(the training stream"):
+        config.load(None, ["data.root=r", "data.shuffle_buffer=8"])
+    with pytest.raises(config.ConfigError, match=r"^data.shuffle_buffer: retired key"):
+        config.from_dict({"data": {"shuffle_buffer": 8}})
+    stored = load().to_dict()
+    stored["data"]["shuffle_buffer"] = 100   # a checkpoint written before the key was retired
+    assert config.from_dict(stored, stored=True) == load()

@@ -28,7 +28,7 @@ def demo(tmp_path_factory):
 
 
 def _cfg(root, **kw) -> DataConfig:
-    values = dict(root=str(root), load_size=32, crop_size=32, batch_size=2, loader_workers=0, shuffle_buffer=0,
+    values = dict(root=str(root), load_size=32, crop_size=32, batch_size=2, loader_workers=0,
                   no_flip=True)
     values.update(kw)
     return DataConfig(**values)

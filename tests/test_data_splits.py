@@ -30,10 +30,21 @@ def test_patterns_override_root_and_take_their_size_from_the_manifest(demo):
     splits = resolve_splits(cfg)
     assert splits.train_a == [str(demo / "trainA-000000.tar"), str(demo / "trainA-000001.tar")]
     assert splits.num_train_a == 4
-    globbed = resolve_splits(DataConfig(train_a=f"{demo}/trainA-*.tar", train_b=f"{demo}/trainB-*.tar",
-                                        num_train_a=5))
-    assert len(globbed.train_a) == 3 and globbed.num_train_a == 5 and globbed.manifest is None
+    # without a manifest, the sizes are counted from the tar headers
+    globbed = resolve_splits(DataConfig(train_a=f"{demo}/trainA-*.tar", train_b=f"{demo}/trainB-*.tar"))
+    assert len(globbed.train_a) == 3 and globbed.manifest is None
+    assert (globbed.num_train_a, globbed.num_train_b, globbed.epoch_size) == (5, 5, 5)
     assert globbed.test_a == [] and globbed.test_gt == []
+
+
+def test_num_train_a_keeps_the_first_images_of_a(demo):
+    from cutdist.data.stream import unpaired_loader
+
+    cfg = DataConfig(root=str(demo), num_train_a=3, batch_size=1, loader_workers=0, load_size=16, crop_size=16)
+    splits = resolve_splits(cfg)
+    assert (splits.num_train_a, splits.num_train_b, splits.epoch_size) == (3, 5, 5)
+    keys = [k for b in unpaired_loader(splits, cfg, rank=0, world_size=1, epoch=0, seed=0) for k in b["keys_a"]]
+    assert len(keys) == 5 and set(keys) == {"000000", "000001", "000002"}
 
 
 def test_errors_name_the_key_and_the_path(demo, tmp_path):
@@ -47,8 +58,10 @@ def test_errors_name_the_key_and_the_path(demo, tmp_path):
     with pytest.raises(DataError, match=r"^data.train_b: no such shard .*trainB-000003.tar$"):
         resolve_splits(DataConfig(train_a=f"{demo}/trainA-*.tar", train_b=f"{demo}/trainB-{{000002..000003}}.tar",
                                   num_train_a=1))
-    with pytest.raises(DataError, match=r"^data.num_train_a: the size of domain A is unknown"):
-        resolve_splits(DataConfig(train_a=f"{demo}/trainA-*.tar", train_b=f"{demo}/trainB-*.tar"))
+    with pytest.raises(DataError, match=r"^data.num_train_a: 6 images asked for, but trainA has 5$"):
+        resolve_splits(DataConfig(train_a=f"{demo}/trainA-*.tar", train_b=f"{demo}/trainB-*.tar", num_train_a=6))
+    with pytest.raises(DataError, match=r"^pipe:cat .*: training reads samples by byte offset"):
+        resolve_splits(DataConfig(train_a=f"pipe:cat {demo}/trainA-000000.tar", train_b=f"{demo}/trainB-*.tar"))
 
 
 def test_manifest_without_a_training_split(tmp_path):

@@ -10,13 +10,12 @@ from itertools import combinations
 import pytest
 import torch
 import webdataset as wds
-from data_fixtures import ServedDirectory
+from data_fixtures import ServedDirectory, _QuietHandler
 from PIL import Image
 
 from cutdist.config import DataConfig
 from cutdist.data import CorruptSampleWarning, DataError, resolve_splits
-from cutdist.data.stream import (load_test_pairs, shards_for, steps_per_epoch, test_loader, unpaired_loader,
-                                 with_num_train_a)
+from cutdist.data.stream import load_test_pairs, steps_per_epoch, test_loader, unpaired_loader
 from cutdist.data.synth import write_synth_dataset
 from cutdist.data.transforms import TrainAugment
 
@@ -30,7 +29,7 @@ def demo(tmp_path_factory):
 
 
 def _cfg(root, **kw) -> DataConfig:
-    values = dict(root=str(root), load_size=36, crop_size=32, batch_size=2, loader_workers=0, shuffle_buffer=4)
+    values = dict(root=str(root), load_size=36, crop_size=32, batch_size=2, loader_workers=0, num_train_a=0)
     values.update(kw)
     return DataConfig(**values)
 
@@ -84,66 +83,34 @@ def test_deterministic_given_seed_rank_epoch(demo):
         assert [b["keys_a"] + b["keys_b"] for b in other] != [b["keys_a"] + b["keys_b"] for b in first]
 
 
-def test_two_ranks_two_workers_read_disjoint_shards(demo):
-    cfg = _cfg(demo, loader_workers=2)
-    splits = with_num_train_a(resolve_splits(cfg), 64)   # 16 steps per rank: 8 batches from each worker
-    seen = {}
-    for rank in range(2):
-        for step, batch in enumerate(unpaired_loader(splits, cfg, rank=rank, world_size=2, epoch=0, seed=0)):
-            worker = step % 2   # the DataLoader takes batches from its workers in turn
-            for domain in ("a", "b"):
-                seen.setdefault((rank, worker, domain), set()).update(_shard_of(k) for k in batch[f"keys_{domain}"])
-    for rank, worker in [(0, 0), (0, 1), (1, 0), (1, 1)]:
-        own = {int(url[-10:-4]) for url in shards_for(splits.train_a, rank, 2, worker, 2)}
-        assert len(own) == 2
-        assert seen[(rank, worker, "a")] and seen[(rank, worker, "a")] <= own
-        assert seen[(rank, worker, "b")] and seen[(rank, worker, "b")] <= own
-    for one, two in combinations([(r, w) for r in range(2) for w in range(2)], 2):
-        assert not seen[(*one, "a")] & seen[(*two, "a")], (one, two)
-
-
-def test_fewer_shards_than_ranks_times_workers(tmp_path):
-    root = write_synth_dataset(tmp_path / "one", size=16, count=3, test_count=1, max_count=50)
-    cfg = _cfg(root, crop_size=16, load_size=16, batch_size=1, loader_workers=2)
-    splits = resolve_splits(cfg)
-    assert len(splits.train_a) == 1
-    orders = []
-    for rank in range(2):
-        batches = list(unpaired_loader(splits, cfg, rank=rank, world_size=2, epoch=0, seed=0))
-        assert len(batches) == 2   # ceil(3 / 2)
-        orders.append([b["keys_a"][0] for b in batches])
-        assert {k for b in batches for k in b["keys_a"]} <= {"000000", "000001", "000002"}
-    assert orders[0] != orders[1]   # each rank resamples the shared shard with its own seed
-
-
 def test_corrupt_sample_and_truncated_shard_are_warned_skipped_counted(demo, tmp_path):
     root = tmp_path / "damaged"
     shutil.copytree(demo, root)
     _rewrite(root / "trainA-000003.tar", lambda i, key, data: data[:300] if i == 1 else data)
     data = (root / "trainB-000005.tar").read_bytes()
     (root / "trainB-000005.tar").write_bytes(data[:1500])   # mid-way through the first image
-    cfg = _cfg(root, batch_size=1, shuffle_buffer=0)
-    splits = with_num_train_a(resolve_splits(cfg), 200)
+    cfg = _cfg(root, batch_size=1)
+    splits = resolve_splits(cfg)
     with pytest.warns(CorruptSampleWarning) as caught:
         batches = list(unpaired_loader(splits, cfg, rank=0, world_size=1, epoch=0, seed=0))
-    assert len(batches) == 200
+    assert len(batches) == 16
     messages = {str(w.message) for w in caught}
     assert any("key 000007 in shard" in m and m.endswith("trainA-000003.tar: cannot decode png: OSError: "
                                                          "image file is truncated") for m in messages), messages
     assert any("the whole shard in shard" in m and "trainB-000005.tar: ReadError" in m for m in messages), messages
-    assert sum(b["skipped"] for b in batches) >= 2
+    assert sum(b["skipped"] for b in batches) >= 1   # the truncated shard is warned about when indexed
     assert "000007" not in {k for b in batches for k in b["keys_a"]}
     # the count crosses the worker-process boundary too
     workers = list(unpaired_loader(splits, _cfg(root, batch_size=1, loader_workers=2), rank=0, world_size=1,
                                    epoch=0, seed=0))
-    assert len(workers) == 200 and sum(b["skipped"] for b in workers) >= 2
+    assert len(workers) == 16 and sum(b["skipped"] for b in workers) >= 1
 
 
 def test_all_shards_broken_is_an_error_not_a_hang(tmp_path):
     root = write_synth_dataset(tmp_path / "broken", size=16, count=2, test_count=1)
     (root / "trainA-000000.tar").write_bytes(b"garbage" * 100)
     cfg = _cfg(root, crop_size=16, load_size=16, batch_size=1)
-    with pytest.warns(CorruptSampleWarning), pytest.raises(DataError, match="in a row could not be read"):
+    with pytest.warns(CorruptSampleWarning), pytest.raises(DataError, match="no readable sample in any trainA"):
         list(unpaired_loader(resolve_splits(cfg), cfg, rank=0, world_size=1, epoch=0, seed=0))
 
 
@@ -197,6 +164,7 @@ def test_streams_shards_from_a_real_http_server(demo):
         local = list(unpaired_loader(resolve_splits(_cfg(demo, loader_workers=2)), cfg, rank=1, world_size=2,
                                      epoch=0, seed=0))
         assert [b["keys_a"] for b in batches] == [b["keys_a"] for b in local]   # same stream, other transport
+        assert _QuietHandler.ranges_served > 0   # samples came by HTTP range requests
         assert all(torch.equal(x["a"], y["a"]) for x, y in zip(batches, local))
         keys = [k for ks, _ in test_loader(splits.test_a, rank=0, world_size=1, size=8, batch_size=4) for k in ks]
         assert len(keys) == 11

@@ -33,8 +33,13 @@ class Splits:
     num_test_a: int = 0
     manifest: str | None = None
     root: str = ""
-    num_train_b: int = 0   # 0 when unknown (patterns without a manifest)
+    num_train_b: int = 0
     num_test_b: int = 0
+
+    @property
+    def epoch_size(self) -> int:
+        """Samples in one epoch, seen globally: max(|A|, |B|), as the reference's ``UnalignedDataset.__len__``."""
+        return max(self.num_train_a, self.num_train_b)
 
 
 def expand_pattern(pattern: str, key: str) -> list[str]:
@@ -125,7 +130,7 @@ def resolve_splits(data_cfg) -> Splits:
                     raise DataError(f"data.root: shard {absent[0]} of split {split} is listed in the manifest "
                                     "but missing")
 
-    def sized(key: str, split: str, configured: int = 0) -> tuple[list[str], int]:
+    def sized(key: str, split: str) -> tuple[list[str], int]:
         pattern = getattr(data_cfg, key)
         if not pattern:
             return by_split.get(split, []), counts[split]
@@ -133,20 +138,28 @@ def resolve_splits(data_cfg) -> Splits:
         for url in sorted({shards[0], shards[-1]}):
             if is_url(url):
                 probe(url, key)
-        # a pattern's size: the manifest's rows of those shard files, if the manifest knows them
+        # a pattern's size: the manifest's rows of those shard files, if the manifest knows them all
         known = shard_counts.get(split, Counter())
-        size = sum(known.get(Path(s).name, 0) for s in shards) if known else 0
-        return shards, configured or size
+        if split.startswith("train") and not all(Path(s).name in known for s in shards):
+            from cutdist.data.indexed import split_index   # no manifest: count the samples in the tar headers
 
-    train_a, num_train_a = sized("train_a", "trainA", data_cfg.num_train_a)
+            return shards, len(split_index(shards))
+        return shards, sum(known.get(Path(s).name, 0) for s in shards)
+
+    train_a, num_train_a = sized("train_a", "trainA")
     train_b, num_train_b = sized("train_b", "trainB")
     test_a, num_test_a = sized("test_a", "testA")
     test_b, num_test_b = sized("test_b", "testB")
     if not train_a or not train_b:
         raise DataError("data.root: set data.root (a shard directory) or both data.train_a and data.train_b")
-    if num_train_a < 1:
-        raise DataError(f"data.num_train_a: the size of domain A is unknown for data.train_a={data_cfg.train_a!r} "
-                        "(no manifest lists those shards); set data.num_train_a")
+    for key, shards, count in (("train_a", train_a, num_train_a), ("train_b", train_b, num_train_b)):
+        if count < 1:
+            raise DataError(f"data.{key}: no readable sample in {len(shards)} shard(s) from {shards[0]}")
+    if data_cfg.num_train_a:   # the first N images of A, as the reference's --max_dataset_size keeps N paths
+        if data_cfg.num_train_a > num_train_a:
+            raise DataError(f"data.num_train_a: {data_cfg.num_train_a} images asked for, but trainA has "
+                            f"{num_train_a}")
+        num_train_a = data_cfg.num_train_a
     return Splits(train_a=train_a, train_b=train_b, test_a=test_a, test_b=test_b,
                   test_gt=by_split.get("testGT", []), num_train_a=num_train_a, num_test_a=num_test_a,
                   manifest=manifest, root=root, num_train_b=num_train_b, num_test_b=num_test_b)

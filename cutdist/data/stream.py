@@ -1,12 +1,21 @@
 """Streams of images from WebDataset shards: the unpaired training stream and the test stream.
 
-Training (``unpaired_loader``): on each rank, every DataLoader worker owns the shards
-``urls[rank::world_size][worker::num_workers]`` (webdataset's split_by_node then split_by_worker, with the
-rank given explicitly rather than read from the environment) and reads two independent *resampled* streams
-over them, one per domain, zipped into pairs. A rank or worker left without a shard of its own (fewer shards
-than ranks x workers) resamples from all shards of the split instead, with its own seed. Every random choice
-(shard order, shuffle buffer, crops, flips) comes from seeds derived from (seed, rank, worker, epoch, domain),
-so a stream is reproducible. One epoch = ``steps_per_epoch`` batches on every rank = |A| images globally.
+Training (``unpaired_loader``) samples the way the authors' ``UnalignedDataset`` + shuffled ``DataLoader`` do,
+at any world size and loader worker count. An epoch is N = max(|A|, |B|) samples seen globally (the reference's
+``__len__``); each rank takes ``ceil(N / (batch x world))`` steps. Every epoch draws one permutation of range(N)
+from (seed, epoch) alone; the global step s of rank r takes positions ``s*batch*world + r*batch + k``
+(k < batch) of it, and position p gives the A image ``perm[p mod N] mod |A|``: every A image once per epoch,
+twice for the ``i mod |A|`` wrap-around when |B| > |A|, as in the reference. When batch x world does not divide
+N, the last step is completed with the permutation's first entries (as torch's ``DistributedSampler`` pads),
+so fewer than batch x world images are seen once more. The B image of each slot is drawn uniformly with
+replacement, as the reference's ``random.randint``. Crops and flips, like the B draws, come from a generator
+seeded by (seed, epoch, rank, step), so a batch does not depend on the loader worker that builds it: step s
+goes to worker s mod workers, the order in which the DataLoader takes batches from its workers.
+
+Samples are read by byte offset (``cutdist.data.indexed``: an index of the tar headers, then ``pread`` or HTTP
+range reads), so the shards' order on disk does not matter. A run resumed in the middle of an epoch passes
+``start`` (the positions already consumed, ``Position.images_in_epoch``) and goes on in the same permutation,
+with neither a repeat nor a gap, whatever world size it resumes on.
 
 Test (``test_loader``): every sample of the test shards gets a global ordinal (shards in the given order,
 samples in tar order); the sample with ordinal g belongs to slot g mod (world_size x workers). Every slot reads
@@ -14,7 +23,9 @@ all test shards (test splits are small) and decodes only its own samples, so eac
 once across ranks, nothing is resampled, and ranks differ by at most one image per worker.
 
 Corrupt samples and unreadable or truncated shards are warned about (shard and key), skipped and counted;
-the count travels with each batch (``skipped``) or on the loader (``TestLoader.skipped``).
+the count travels with each batch (``skipped``) or on the loader (``TestLoader.skipped``). In training a
+sample that cannot be read or decoded is stood in for by a uniformly drawn one of its domain, so every rank
+keeps its batch size.
 """
 from __future__ import annotations
 
@@ -22,8 +33,6 @@ import math
 import random
 import warnings
 from collections.abc import Iterator
-from dataclasses import replace
-from functools import partial
 
 import numpy as np
 import torch
@@ -32,6 +41,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from webdataset.tariterators import group_by_keys
 
+from cutdist.data.indexed import MemberReader, SplitIndex, split_index
 from cutdist.data.manifest import CorruptSampleWarning, DataError, describe_error
 from cutdist.data.members import MemberError, tar_members
 from cutdist.data.splits import Splits
@@ -44,12 +54,12 @@ MAX_CONSECUTIVE_FAILURES = 1000
 MAX_CONSECUTIVE_BAD_SHARDS = 50
 
 
-def steps_per_epoch(num_train_a: int, batch_size: int, world_size: int) -> int:
-    """Batches per rank in one epoch: ceil(|A| / (B * world)); an epoch counts images of A seen globally."""
-    if num_train_a < 1 or batch_size < 1 or world_size < 1:
-        raise DataError(f"steps_per_epoch: need |A|, batch size and world size >= 1, "
-                        f"got {num_train_a}, {batch_size}, {world_size}")
-    return math.ceil(num_train_a / (batch_size * world_size))
+def steps_per_epoch(epoch_size: int, batch_size: int, world_size: int) -> int:
+    """Batches per rank in one epoch: ceil(N / (B * world)), N = max(|A|, |B|) samples seen globally."""
+    if epoch_size < 1 or batch_size < 1 or world_size < 1:
+        raise DataError(f"steps_per_epoch: need an epoch size, batch size and world size >= 1, "
+                        f"got {epoch_size}, {batch_size}, {world_size}")
+    return math.ceil(epoch_size / (batch_size * world_size))
 
 
 def derive_seed(*parts: int) -> int:
@@ -57,10 +67,9 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
 
-def shards_for(urls: list[str], rank: int, world_size: int, worker: int, num_workers: int) -> list[str]:
-    """The shards a (rank, worker) owns; all shards when it owns none (see the module docstring)."""
-    own = urls[rank::world_size][worker::num_workers]
-    return own or list(urls)
+def epoch_permutation(seed: int, epoch: int, epoch_size: int) -> np.ndarray:
+    """The epoch's order of positions, the same on every rank and worker: a permutation of range(N)."""
+    return np.random.default_rng(derive_seed(seed, epoch, ord("P"))).permutation(epoch_size)
 
 
 def _worker() -> tuple[int, int]:
@@ -156,8 +165,8 @@ def _shard_samples(shards, skips: SkipCounter) -> Iterator[dict]:
             skips.bad_shard(url, "the whole shard", "no samples (an empty tar, or directories only)")
 
 
-def _with_image(samples, skips: SkipCounter) -> Iterator[tuple[str, str, str, bytes]]:
-    """(key, shard, image field, encoded bytes) of each sample; one without an image field is skipped and counted."""
+def _decoded(samples, skips: SkipCounter, transform) -> Iterator[tuple[str, torch.Tensor]]:
+    """(key, tensor) for each sample that has an image field and decodes; the others are skipped and counted."""
     for sample in samples:
         key, shard = sample.get("__key__", "?"), sample.get("__url__", "?")
         name = image_field(sample)
@@ -165,14 +174,8 @@ def _with_image(samples, skips: SkipCounter) -> Iterator[tuple[str, str, str, by
             fields = sorted(k for k in sample if not k.startswith("__"))
             skips.skip(shard, f"key {key}", f"no image field (fields: {fields})")
             continue
-        yield key, shard, name, sample[name]
-
-
-def _decoded(samples, skips: SkipCounter, transform) -> Iterator[tuple[str, torch.Tensor]]:
-    """(key, tensor) for each sample that decodes; the others are skipped and counted."""
-    for key, shard, name, data in _with_image(samples, skips):
         try:
-            image = transform(decode_rgb(data))
+            image = transform(decode_rgb(sample[name]))
         except Exception as err:   # PIL raises many types for bad data
             skips.skip(shard, f"key {key}", f"cannot decode {name}: {err.__class__.__name__}: {err}")
             continue
@@ -180,110 +183,160 @@ def _decoded(samples, skips: SkipCounter, transform) -> Iterator[tuple[str, torc
         yield key, image
 
 
-def _encoded(samples, skips: SkipCounter) -> Iterator[tuple[str, tuple[str, bytes]]]:
-    """(key, (label, encoded bytes)) for each sample with an image field, undecoded (data.decode_on_device: the
-    training device decodes them, and counts what does not decode)."""
-    for key, shard, _, data in _with_image(samples, skips):
-        skips.ok()
-        yield key, (f"{shard}: key {key}", bytes(data))
-
-
-def _zero() -> int:
-    return 0
-
-
 class _UnpairedStream(IterableDataset):
-    """Infinite batches of (A, B) pairs for one rank; each DataLoader worker builds its own streams."""
+    """``steps`` batches of (A, B) pairs for one rank (see the module docstring); worker w builds the steps
+    s = w, w + workers, ..."""
 
-    def __init__(self, splits: Splits, augment: TrainAugment, *, batch_size: int, shuffle_buffer: int,
-                 rank: int, world_size: int, epoch: int, seed: int, encoded: bool = False):
+    def __init__(self, index_a: SplitIndex, index_b: SplitIndex, augment: TrainAugment, *, batch_size: int,
+                 rank: int, world_size: int, epoch: int, seed: int, epoch_size: int, start: int, steps: int,
+                 encoded: bool = False):
         super().__init__()
-        self.encoded = encoded
-        self.urls = {"A": list(splits.train_a), "B": list(splits.train_b)}
-        self.augment = augment
-        self.batch_size, self.shuffle_buffer = batch_size, shuffle_buffer
-        self.rank, self.world_size, self.epoch, self.seed = rank, world_size, epoch, seed
+        self.index = {"a": index_a, "b": index_b}
+        self.augment, self.encoded = augment, encoded
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.epoch, self.seed, self.epoch_size = epoch, seed, epoch_size
+        self.start, self.steps = start, steps
 
-    def _domain(self, domain: str, worker: int, num_workers: int, skips: SkipCounter):
-        tag = ord(domain)
-        own = shards_for(self.urls[domain], self.rank, self.world_size, worker, num_workers)
-        shard_seed, buffer_seed, augment_seed = (derive_seed(self.seed, self.rank, worker, self.epoch, tag, purpose)
-                                                 for purpose in range(3))
-        stages = [wds.ResampledShards(own, seed=shard_seed, worker_seed=_zero, deterministic=True),
-                  partial(_shard_samples, skips=skips)]
-        if self.shuffle_buffer > 1:
-            stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer,
-                                      rng=random.Random(buffer_seed)))
-        rng = random.Random(augment_seed)
-        if self.encoded:
-            return _encoded(wds.DataPipeline(*stages), skips), rng
-        return _decoded(wds.DataPipeline(*stages), skips, lambda img: self.augment(img, rng)), rng
+    def positions(self, step: int) -> list[int]:
+        """The epoch positions (indices into the permutation, before the wrap) of this rank's ``step``."""
+        first = self.start + step * self.batch_size * self.world_size + self.rank * self.batch_size
+        return list(range(first, first + self.batch_size))
 
     def __iter__(self):
         worker, num_workers = _worker()
-        skips = SkipCounter()
-        (stream_a, rng_a), (stream_b, rng_b) = (self._domain(d, worker, num_workers, skips) for d in "AB")
-        batch = []
-        for pair in zip(stream_a, stream_b):
-            batch.append(pair)
-            if len(batch) == self.batch_size:
-                (keys_a, a), (keys_b, b) = (zip(*[p[i] for p in batch]) for i in (0, 1))
-                if self.encoded:   # crops and flips are drawn on the device, from these seeds
-                    yield {"a_encoded": list(a), "b_encoded": list(b), "keys_a": list(keys_a),
-                           "keys_b": list(keys_b), "skipped": skips.take(),
-                           "augment_seeds": {"a": rng_a.getrandbits(63), "b": rng_b.getrandbits(63)}}
-                    batch = []
-                    continue
+        perm = epoch_permutation(self.seed, self.epoch, self.epoch_size)
+        reader, skips = MemberReader(), SkipCounter()
+        try:
+            for step in range(worker, self.steps, num_workers):
+                yield self._batch(step, perm, reader, skips)
+        finally:
+            reader.close()
+
+    def _batch(self, step: int, perm: np.ndarray, reader: MemberReader, skips: SkipCounter) -> dict:
+        positions = self.positions(step)
+        # one generator per (seed, epoch, rank, step): B draws, stand-ins and augmentations
+        rng = np.random.default_rng(derive_seed(self.seed, self.epoch, self.rank, positions[0], ord("S")))
+        picks = {"a": [int(perm[p % self.epoch_size]) % len(self.index["a"]) for p in positions],
+                 "b": [int(i) for i in rng.integers(0, len(self.index["b"]), size=len(positions))]}
+        batch: dict = {"step": step, "positions": positions, "skipped": 0}
+        for domain in ("a", "b"):
+            keys, images = [], []
+            for i in picks[domain]:
+                key, image = self._sample(domain, i, rng, reader, skips)
+                keys.append(key)
+                images.append(image)
+            batch[f"keys_{domain}"] = keys
+            if self.encoded:   # crops and flips are drawn on the device, from these seeds
+                batch[f"{domain}_encoded"] = images
+            else:
                 try:
-                    a, b = stack(a), stack(b)
+                    batch[domain] = stack(images)
                 except ValueError:
-                    raise DataError(f"{self.urls['A'][0]}: images of different sizes in one batch; with "
+                    raise DataError(f"{self.index['a'].shards[0]}: images of different sizes in one batch; with "
                                     "data.preprocess=none use data.batch_size=1 or images of one size") from None
-                yield {"a": a, "b": b, "keys_a": list(keys_a), "keys_b": list(keys_b), "skipped": skips.take()}
-                batch = []
+        if self.encoded:
+            batch["augment_seeds"] = {"a": int(rng.integers(2**63)), "b": int(rng.integers(2**63))}
+        batch["skipped"] = skips.take()
+        return batch
+
+    def _sample(self, domain: str, i: int, rng: np.random.Generator, reader: MemberReader, skips: SkipCounter):
+        """(key, image tensor or (label, bytes)) of sample i of the domain; one that cannot be read or decoded is
+        warned about, counted and stood in for by a uniformly drawn one."""
+        index = self.index[domain]
+        augment_rng = random.Random(int(rng.integers(2**63)))
+        while True:
+            shard = index.shards[index.shard[i]]
+            try:
+                data = reader.read(shard, index.offset[i], index.size[i])
+            except Exception as err:   # OSError, a failed range request, ...
+                reason = f"cannot read {index.ext[i]}: {_describe(err)}"
+            else:
+                if self.encoded:
+                    skips.ok()
+                    return index.key[i], (index.label(i), data)
+                try:
+                    image = self.augment(decode_rgb(data), augment_rng)
+                    skips.ok()
+                    return index.key[i], image
+                except Exception as err:   # PIL raises many types for bad data
+                    reason = f"cannot decode {index.ext[i]}: {err.__class__.__name__}: {err}"
+            skips.skip(shard, f"key {index.key[i]}", reason)
+            i = int(rng.integers(0, len(index)))
 
 
 class UnpairedLoader:
-    """``steps`` batches of the unpaired stream; iterate it once per epoch (``len()`` = steps)."""
+    """``steps`` batches of the unpaired stream, in step order; iterate it once (``len()`` = steps)."""
 
-    def __init__(self, dataset: _UnpairedStream, steps: int, loader_workers: int):
-        self.dataset, self.steps, self.loader_workers = dataset, steps, loader_workers
+    def __init__(self, dataset: _UnpairedStream, loader_workers: int):
+        self.dataset, self.loader_workers = dataset, loader_workers
+        self.steps = dataset.steps
 
     def __len__(self) -> int:
         return self.steps
 
     def __iter__(self) -> Iterator[dict]:
-        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.loader_workers,
-                            prefetch_factor=2 if self.loader_workers else None)
-        batches = iter(loader)
-        try:
-            for _ in range(self.steps):
-                yield next(batches)
-        finally:
-            del batches   # shuts the worker processes down
+        if not self.steps:
+            return
+        workers = min(self.loader_workers, self.steps)
+        loader = DataLoader(self.dataset, batch_size=None, num_workers=workers,
+                            prefetch_factor=2 if workers else None)
+        for expected, batch in enumerate(loader):
+            if batch["step"] != expected:   # the DataLoader's round robin is what keeps steps in order
+                raise RuntimeError(f"unpaired_loader: got step {batch['step']} where step {expected} was due")
+            yield batch
+
+
+_REPORTED: set[tuple[str, ...]] = set()
+
+
+def train_index(urls: list[str], domain: str, limit: int = 0) -> SplitIndex:
+    """The index of a training split; the problems found while indexing are warned about once per process."""
+    index = split_index(urls)
+    if tuple(urls) not in _REPORTED:
+        _REPORTED.add(tuple(urls))
+        for shard, what, reason in index.problems:
+            warnings.warn(f"skipped {what} in shard {shard}: {reason}", CorruptSampleWarning, stacklevel=2)
+    if limit:
+        if limit > len(index):
+            raise DataError(f"data.num_train_a: {limit} images asked for, but train{domain} has {len(index)} "
+                            f"readable images")
+        index = index.head(limit)
+    if not len(index):
+        raise DataError(f"{urls[0]}: no readable sample in any train{domain} shard ({len(urls)} shard(s))")
+    return index
 
 
 def unpaired_loader(splits: Splits, data_cfg, *, rank: int, world_size: int, epoch: int, seed: int,
-                    load_size: int | None = None) -> UnpairedLoader:
-    """One epoch of the unpaired training stream for ``rank`` (see the module docstring).
+                    load_size: int | None = None, start: int = 0) -> UnpairedLoader:
+    """One epoch of the unpaired training stream for ``rank`` (see the module docstring), from epoch position
+    ``start`` (the samples the run consumed globally in this epoch before it was interrupted).
 
-    Yields exactly ``steps_per_epoch(splits.num_train_a, data_cfg.batch_size, world_size)`` batches, each
-    ``{"a", "b": float [B, 3, H, W] in [-1, 1], "keys_a", "keys_b": list[str], "skipped": int}``; with
-    ``data_cfg.decode_on_device`` the images stay encoded (``"a_encoded"``, ``"b_encoded"``: (label, bytes) pairs,
-    plus ``"augment_seeds"``) for ``cutdist.data.gpu_decode.DeviceBatcher`` to decode on the training device.
-    ``load_size`` overrides ``data_cfg.load_size`` (the reference trains its decay epochs at load = crop).
+    Yields ``ceil((N - start) / (batch x world))`` batches, N = ``splits.epoch_size``, each
+    ``{"a", "b": float [B, 3, H, W] in [-1, 1], "keys_a", "keys_b": list[str], "positions": list[int],
+    "step": int, "skipped": int}``; with ``data_cfg.decode_on_device`` the images stay encoded (``"a_encoded"``,
+    ``"b_encoded"``: (label, bytes) pairs, plus ``"augment_seeds"``) for ``cutdist.data.gpu_decode.DeviceBatcher``
+    to decode on the training device. ``load_size`` overrides ``data_cfg.load_size`` (the reference trains its
+    decay epochs at load = crop).
     """
     if not 0 <= rank < world_size:
         raise DataError(f"unpaired_loader: rank {rank} outside world size {world_size}")
     if not splits.train_a or not splits.train_b:
         raise DataError("unpaired_loader: splits have no trainA or trainB shards")
+    epoch_size = splits.epoch_size
+    if epoch_size < 1:
+        raise DataError("unpaired_loader: the sizes of trainA and trainB are unknown (splits from resolve_splits)")
+    if not 0 <= start <= epoch_size:
+        raise DataError(f"unpaired_loader: start {start} outside the epoch's {epoch_size} samples")
+    index_a = train_index(splits.train_a, "A", data_cfg.num_train_a)
+    index_b = train_index(splits.train_b, "B")
     augment = TrainAugment(preprocess=data_cfg.preprocess, load_size=load_size or data_cfg.load_size,
                            crop_size=data_cfg.crop_size, no_flip=data_cfg.no_flip)
-    dataset = _UnpairedStream(splits, augment, batch_size=data_cfg.batch_size,
-                              shuffle_buffer=data_cfg.shuffle_buffer, rank=rank, world_size=world_size,
-                              epoch=epoch, seed=seed, encoded=data_cfg.decode_on_device)
-    steps = steps_per_epoch(splits.num_train_a, data_cfg.batch_size, world_size)
-    return UnpairedLoader(dataset, steps, data_cfg.loader_workers)
+    per_step = data_cfg.batch_size * world_size
+    steps = math.ceil((epoch_size - start) / per_step)
+    dataset = _UnpairedStream(index_a, index_b, augment, batch_size=data_cfg.batch_size, rank=rank,
+                              world_size=world_size, epoch=epoch, seed=seed, epoch_size=epoch_size, start=start,
+                              steps=steps, encoded=data_cfg.decode_on_device)
+    return UnpairedLoader(dataset, data_cfg.loader_workers)
 
 
 # ------------------------------------------------------------------------------------------------- test
@@ -379,8 +432,3 @@ def load_test_pairs(splits: Splits, size: int, *, max_images: int = 0) -> tuple[
     if not keys:
         raise DataError(f"{splits.manifest or splits.root}: testA and testGT share no key")
     return keys, torch.stack([sides[0][k] for k in keys]), torch.stack([sides[1][k] for k in keys])
-
-
-def with_num_train_a(splits: Splits, num_train_a: int) -> Splits:
-    """A copy of ``splits`` with another epoch length (benchmarks, smoke runs)."""
-    return replace(splits, num_train_a=num_train_a)

@@ -121,7 +121,7 @@ def load_model(ckpt_dir: str | Path, map_location: str | torch.device = "cpu") -
     if missing or not isinstance(payload["g"], Mapping):
         raise ModelIOError(f"{path}: incomplete checkpoint (missing {missing or ['g state dict']})")
     try:
-        cfg = config_mod.from_dict(payload["config"], validate_config=False)
+        cfg = config_mod.from_dict(payload["config"], validate_config=False, stored=True)
     except config_mod.ConfigError as err:
         raise ModelIOError(f"{path}: stored config: {err}") from None
     return payload, cfg

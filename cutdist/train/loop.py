@@ -154,7 +154,7 @@ def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from
         pos = Position(train_state["step"], train_state["epoch"], train_state["images_in_epoch"])
         best_fid = train_state.get("best_fid")
 
-    sched = Schedule(steps_per_epoch(splits.num_train_a, cfg.data.batch_size, ctx.world_size),
+    sched = Schedule(steps_per_epoch(splits.epoch_size, cfg.data.batch_size, ctx.world_size),
                      cfg.data.batch_size * ctx.world_size, cfg.optim.epochs + cfg.optim.epochs_decay,
                      cfg.optim.max_steps)
     if rank0:
@@ -178,20 +178,18 @@ def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from
     while not sched.finished(pos):
         lr = base_lr * (lr_factor(pos.epoch, cfg.optim.epochs, cfg.optim.epochs_decay) if sched.total_epochs else 1.0)
         strategy.set_lr(lr)
-        skip = pos.images_in_epoch // sched.images_per_step
-        if skip >= sched.steps_per_epoch:   # resumed on more workers at the very end of an epoch
+        if pos.images_in_epoch >= splits.epoch_size:   # resumed after the epoch's last step
             pos.epoch, pos.images_in_epoch = pos.epoch + 1, 0
             continue
         seen = 0
         # The reference drops the resize-then-crop jitter (load_size = crop_size) in the lr-decay epochs.
         finetuning = sched.total_epochs and pos.epoch >= cfg.optim.epochs
         load_size = cfg.data.crop_size if finetuning else cfg.data.load_size
+        # resuming mid-epoch: the stream goes on in the same permutation from the samples already consumed
         loader = unpaired_loader(splits, cfg.data, rank=ctx.rank, world_size=ctx.world_size, epoch=pos.epoch,
-                                 seed=seed, load_size=load_size)
+                                 seed=seed, load_size=load_size, start=pos.images_in_epoch)
         for i, batch in enumerate(loader):
             seen = i + 1
-            if i < skip:   # resuming mid-epoch: the stream is deterministic, so skip what was consumed
-                continue
             if device_batcher is not None:
                 a, b, undecodable = device_batcher(batch, load_size)
                 batch["skipped"] = batch.get("skipped", 0) + undecodable
@@ -214,7 +212,7 @@ def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from
                 first_step_s = time.time() - started_at
                 if rank0:
                     say(f"[cutdist.train] first training step done {first_step_s:.1f} s after the driver started")
-            epoch_end = i == sched.steps_per_epoch - 1
+            epoch_end = i == len(loader) - 1
             if epoch_end:
                 pos.epoch, pos.images_in_epoch = pos.epoch + 1, 0
             finished = sched.finished(pos)
@@ -224,7 +222,7 @@ def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from
             log_due = ckpt_due or pos.step % cfg.logging.every_steps == 0
 
             if rank0 and (finished or pos.step % cfg.logging.sample_every_steps == 0):
-                _write_samples(logger, plain, cfg, sample_inputs or (batch["a"], batch["b"]), pos.step, device)
+                _write_samples(logger, plain, cfg, sample_inputs or (a, b), pos.step, device)
             if log_due:
                 metrics = _interval_metrics(meter, ctx, pos, sched, lr, first_step_s)
                 if eval_due:
@@ -240,9 +238,9 @@ def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from
             if finished:
                 break
         else:
-            if seen != sched.steps_per_epoch:
+            if seen != len(loader):
                 raise RuntimeError(f"data: unpaired_loader gave {seen} batches in epoch {pos.epoch} on rank "
-                                   f"{ctx.rank}, expected {sched.steps_per_epoch} (ranks would fall out of step)")
+                                   f"{ctx.rank}, expected {len(loader)} (ranks would fall out of step)")
     if logger is not None:
         logger.close()
     return last_metrics

@@ -46,8 +46,8 @@ class CheckpointError(ValueError):
 
 @dataclass
 class Position:
-    """Where training stands. ``images_in_epoch`` counts images of domain A consumed globally this epoch,
-    so the position means the same thing whatever the world size that resumes it."""
+    """Where training stands. ``images_in_epoch`` counts the epoch's samples (positions of its permutation)
+    consumed globally, so the position means the same thing whatever the world size that resumes it."""
     step: int = 0
     epoch: int = 0
     images_in_epoch: int = 0

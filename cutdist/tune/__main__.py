@@ -247,7 +247,7 @@ def report(results, space, sweep_dir: str, splits) -> int:
     from ray.tune import ExperimentAnalysis
 
     tune_status = {t.trial_id: t.status for t in ExperimentAnalysis(sweep_dir).trials}
-    summaries = summarise(results, space, lambda cfg: planned_steps(cfg, splits.num_train_a), sweep_dir, tune_status)
+    summaries = summarise(results, space, lambda cfg: planned_steps(cfg, splits.epoch_size), sweep_dir, tune_status)
     parquet, csv = write_leaderboard(summaries, space, sweep_dir)
     plot = plot_fid_vs_hparams(summaries, space, Path(sweep_dir) / PLOT, title=os.path.basename(sweep_dir))
     scored = [s for s in summaries if not math.isnan(s.best_fid)]

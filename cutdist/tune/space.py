@@ -175,7 +175,6 @@ def load_space(path: str | Path, job_values: dict[str, Any], overrides: dict[str
 def parse_space(raw: Any, job_values: dict[str, Any], overrides: dict[str, Any] | None = None, *,
                 where: str = "space") -> Space:
     """Validate an already-read space mapping (see the module docstring) and return it as a ``Space``."""
-    raw = config_mod.yaml_floats(raw)
     if not isinstance(raw, dict):
         raise SpaceError(f"{where}: expected a mapping with 'params' at the top level")
     unknown = [k for k in raw if k not in TOP_KEYS]
@@ -233,6 +232,8 @@ def _parse_param(key: str, spec: Any, where: str) -> Param:
         raise SpaceError(f"{name}: expected one distribution, e.g. {{loguniform: [0.1, 10]}} "
                          f"(kinds: {', '.join(kinds)}), got {spec!r}")
     kind, args = next(iter(spec.items()))
+    if kind in RANGE_KINDS or config_mod.field_takes(key, float):
+        args = config_mod.yaml_floats(args)   # YAML 1.1 reads 1e-3 as text: numbers only where numbers belong
     if kind in RANGE_KINDS:
         if not (isinstance(args, list) and len(args) == 2 and all(_is_number(a) for a in args)):
             raise SpaceError(f"{name}: {kind} needs [low, high] (two numbers), got {args!r}")

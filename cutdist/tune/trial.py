@@ -49,12 +49,13 @@ def trial_job(space: Space, sampled: dict[str, Any], sweep_dir: str, trial_id: s
     return cfg
 
 
-def planned_steps(cfg: JobConfig, num_train_a: int) -> int:
-    """The step at which this job's training ends (the same arithmetic as the training loop's schedule)."""
+def planned_steps(cfg: JobConfig, epoch_size: int) -> int:
+    """The step at which this job's training ends (the same arithmetic as the training loop's schedule);
+    ``epoch_size``: ``Splits.epoch_size``, max(|A|, |B|)."""
     from cutdist.data.stream import steps_per_epoch
     from cutdist.train.loop import Schedule
 
-    return Schedule(steps_per_epoch(num_train_a, cfg.data.batch_size, cfg.train.num_workers),
+    return Schedule(steps_per_epoch(epoch_size, cfg.data.batch_size, cfg.train.num_workers),
                     cfg.data.batch_size * cfg.train.num_workers, cfg.optim.epochs + cfg.optim.epochs_decay,
                     cfg.optim.max_steps).total_steps
 
