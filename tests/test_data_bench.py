@@ -11,7 +11,7 @@ def test_bench_data_prints_one_json_line_with_both_loaders(tmp_path, capsys):
     root = write_synth_dataset(tmp_path / "demo", size=16, count=6, test_count=1, max_count=3)
     code = main(["--train-a", f"{root}/trainA-{{000000..000001}}.tar", "--train-b", f"{root}/trainB-*.tar",
                  "--workers", "1", "--batches", "4", "--batch-size", "2", "--crop", "16",
-                 "--compare-imagefolder"])
+                 "--compare-imagefolder", "--compare-sequential"])
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1
@@ -19,6 +19,9 @@ def test_bench_data_prints_one_json_line_with_both_loaders(tmp_path, capsys):
     assert result["images_per_s"] > 0 and result["images_timed"] == 4 * 4
     assert result["imagefolder_images_per_s"] > 0 and result["imagefolder_images"] == 12
     assert result["train_a_shards"] == 2 and result["load"] == 18 and result["skipped"] == 0
+    # 4 + 2 warm-up batches of 2 pairs: past the first epoch of max(|A|, |B|) = 6 samples
+    assert result["epoch_size"] == 6
+    assert result["sequential_images_per_s"] > 0 and result["indexed_over_sequential"] > 0
 
 
 def test_bench_data_bad_pattern_exits_2(tmp_path, capsys):

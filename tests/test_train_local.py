@@ -215,3 +215,12 @@ def test_worker_resources_are_what_ray_asks_for(tmp_path, capsys):
     assert "needs 2 GPU but the cluster has 1" in err and "CPU" not in err
     warn_if_short_of_resources(gpu, {"CPU": 0.0, "GPU": 2.0})
     assert capsys.readouterr().err == ""
+
+
+def test_decode_on_device_without_a_test_split_writes_sample_grids(shards, tmp_path):
+    # the grid falls back to the training batch; with decode_on_device that batch holds only encoded bytes
+    cfg = smoke_cfg(shards, tmp_path, **{"data.root": "", "data.train_a": f"{shards}/trainA-*.tar",
+                                         "data.train_b": f"{shards}/trainB-*.tar", "data.decode_on_device": True,
+                                         "optim.max_steps": 2, "logging.sample_every_steps": 1})
+    metrics, _ = train(cfg, tmp_path / "run")
+    assert metrics["step"] == 2 and (tmp_path / "run" / "samples" / "latest.png").is_file()

@@ -1,10 +1,14 @@
 """``python -m cutdist.bench data``: images/s of the unpaired shard stream, one JSON line.
 
   --train-a PATTERN --train-b PATTERN [--workers W] [--batches N] [--batch-size B] [--crop S] [--load L]
-  [--preprocess P] [--compare-imagefolder [DIR]]
+  [--preprocess P] [--compare-sequential] [--rounds R] [--compare-imagefolder [DIR]]
 
 The stream is the training one (``unpaired_loader``, rank 0 of 1); a batch holds B images of A and B of B,
-so images/s counts 2B per batch, timed after ``--warmup`` batches (worker start-up is reported apart).
+so images/s counts 2B per batch, timed after ``--warmup`` batches (worker start-up is reported apart); it
+reads on into the next epochs when ``--batches`` is more than one epoch.
+``--compare-sequential`` also times the stream as it was before it sampled by index (each loader worker reading
+its own shards in file order through webdataset's ResampledShards and a 100-sample shuffle buffer, with the same
+decoding and augmentation), alternating the two ``--rounds`` times, and reports ``indexed_over_sequential``.
 ``--compare-imagefolder`` also times a torchvision ImageFolder + DataLoader doing the same augmentations on the
 same images stored as files (2B per batch, the same workers): alone, it extracts the shards' images into a
 temporary folder; with DIR, it reads an existing ImageFolder layout (one sub-folder per class).
@@ -21,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from torch.utils.data import IterableDataset
+
 from cutdist.data.manifest import DataError
 
 
@@ -36,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--load", type=int, default=0, help="load size (default: crop * 286 / 256)")
     parser.add_argument("--preprocess", default="resize_and_crop",
                         choices=["resize_and_crop", "scale_width_and_crop", "none"])
-    parser.add_argument("--shuffle-buffer", type=int, default=100)
+    parser.add_argument("--compare-sequential", action="store_true",
+                        help="also time the sequential shard stream (before issue 12) on the same shards")
+    parser.add_argument("--rounds", type=int, default=1, help="with --compare-sequential: alternations")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch intra-op threads of this process (default 1: the loaders are measured, not "
@@ -64,20 +72,89 @@ def _time(batches, count_images, warmup: int) -> tuple[float, float, int, int]:
     return timed_from - start, images / (end - timed_from), images, skipped
 
 
-def bench_stream(args) -> dict:
+def _data_cfg(args):
     from cutdist.config import DataConfig
-    from cutdist.data.splits import resolve_splits
+
+    return DataConfig(train_a=args.train_a, train_b=args.train_b, load_size=args.load, crop_size=args.crop,
+                      preprocess=args.preprocess, batch_size=args.batch_size, loader_workers=args.workers)
+
+
+def _epochs(splits, cfg, seed: int, count: int):
+    """``count`` batches of the training stream, over as many epochs as that takes."""
     from cutdist.data.stream import unpaired_loader
 
-    total = (args.batches + args.warmup) * args.batch_size
-    cfg = DataConfig(train_a=args.train_a, train_b=args.train_b, num_train_a=total, load_size=args.load,
-                     crop_size=args.crop, preprocess=args.preprocess, batch_size=args.batch_size,
-                     loader_workers=args.workers, shuffle_buffer=args.shuffle_buffer)
-    splits = resolve_splits(cfg)
-    loader = unpaired_loader(splits, cfg, rank=0, world_size=1, epoch=0, seed=args.seed)
-    startup, rate, images, skipped = _time(loader, lambda b: b["a"].shape[0] + b["b"].shape[0], args.warmup)
+    epoch = 0
+    while count > 0:
+        for batch in unpaired_loader(splits, cfg, rank=0, world_size=1, epoch=epoch, seed=seed):
+            yield batch
+            count -= 1
+            if count == 0:
+                return
+        epoch += 1
+
+
+def bench_stream(args, splits) -> dict:
+    cfg = _data_cfg(args)
+    batches = _epochs(splits, cfg, args.seed, args.batches + args.warmup)
+    startup, rate, images, skipped = _time(batches, lambda b: b["a"].shape[0] + b["b"].shape[0], args.warmup)
     return {"images_per_s": round(rate, 2), "startup_s": round(startup, 3), "images_timed": images,
-            "skipped": skipped, "train_a_shards": len(splits.train_a), "train_b_shards": len(splits.train_b)}
+            "skipped": skipped, "train_a_shards": len(splits.train_a), "train_b_shards": len(splits.train_b),
+            "epoch_size": splits.epoch_size}
+
+
+def _zero() -> int:
+    return 0
+
+
+class _SequentialStream(IterableDataset):
+    """The stream before issue 12, for comparison: each loader worker resamples its own shards in file order
+    through a shuffle buffer, A and B zipped; same decoding, augmentation and batching as the training stream."""
+
+    def __init__(self, splits, augment, batch_size: int, seed: int, buffer: int = 100):
+        self.urls = {"A": list(splits.train_a), "B": list(splits.train_b)}
+        self.augment, self.batch_size, self.seed, self.buffer = augment, batch_size, seed, buffer
+
+    def _domain(self, domain: str, worker: int, workers: int):
+        import webdataset as wds
+
+        from cutdist.data.transforms import decode_rgb, image_field
+
+        own = self.urls[domain][worker::workers] or self.urls[domain]
+        seeds = [hash((self.seed, worker, domain, purpose)) & 0xFFFFFFFF for purpose in range(3)]
+        pipeline = wds.DataPipeline(wds.ResampledShards(own, seed=seeds[0], worker_seed=_zero, deterministic=True),
+                                    wds.tarfile_to_samples(),
+                                    wds.shuffle(self.buffer, initial=self.buffer, rng=random.Random(seeds[1])))
+        rng = random.Random(seeds[2])
+        for sample in pipeline:
+            yield self.augment(decode_rgb(sample[image_field(sample)]), rng)
+
+    def __iter__(self):
+        from torch.utils.data import get_worker_info
+
+        from cutdist.data.transforms import stack
+
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        pairs = zip(self._domain("A", worker, workers), self._domain("B", worker, workers))
+        while True:
+            batch = [next(pairs) for _ in range(self.batch_size)]
+            yield {"a": stack([p[0] for p in batch]), "b": stack([p[1] for p in batch]), "skipped": 0}
+
+
+def bench_sequential(args, splits) -> dict:
+    from itertools import islice
+
+    from torch.utils.data import DataLoader
+
+    from cutdist.data.transforms import TrainAugment
+
+    augment = TrainAugment(preprocess=args.preprocess, load_size=args.load, crop_size=args.crop)
+    dataset = _SequentialStream(splits, augment, args.batch_size, args.seed)
+    loader = DataLoader(dataset, batch_size=None, num_workers=args.workers,
+                        prefetch_factor=2 if args.workers else None)
+    batches = islice(iter(loader), args.batches + args.warmup)
+    startup, rate, images, _ = _time(batches, lambda b: b["a"].shape[0] + b["b"].shape[0], args.warmup)
+    return {"sequential_images_per_s": round(rate, 2), "sequential_startup_s": round(startup, 3)}
 
 
 def extract_images(splits, directory: Path) -> int:
@@ -161,13 +238,30 @@ def _run(args) -> int:
         result = {"bench": "data", "batches": args.batches, "batch_size": args.batch_size,
                   "images_per_batch": 2 * args.batch_size, "workers": args.workers, "crop": args.crop,
                   "load": args.load, "preprocess": args.preprocess, "torch_threads": args.torch_threads}
-        result.update(bench_stream(args))
+        from cutdist.data.splits import resolve_splits
+
+        splits = resolve_splits(_data_cfg(args))
+        if args.compare_sequential:   # alternated, so a machine shared with others disturbs both alike
+            if args.rounds < 1:
+                raise DataError("bench data: --rounds must be >= 1")
+            indexed, sequential = [], []
+            for _ in range(args.rounds):
+                indexed.append(bench_stream(args, splits))
+                sequential.append(bench_sequential(args, splits))
+            result.update(indexed[-1])
+            result["images_per_s"] = round(sum(r["images_per_s"] for r in indexed) / args.rounds, 2)
+            result["sequential_images_per_s"] = round(
+                sum(r["sequential_images_per_s"] for r in sequential) / args.rounds, 2)
+            result["rounds"] = args.rounds
+            result["indexed_over_sequential"] = round(result["images_per_s"] / result["sequential_images_per_s"], 3)
+        else:
+            result.update(bench_stream(args, splits))
         if args.compare_imagefolder:
             if args.compare_imagefolder == "auto":
                 from cutdist.config import DataConfig
                 from cutdist.data.splits import resolve_splits
 
-                splits = resolve_splits(DataConfig(train_a=args.train_a, train_b=args.train_b, num_train_a=1))
+                splits = resolve_splits(DataConfig(train_a=args.train_a, train_b=args.train_b))
                 with tempfile.TemporaryDirectory(prefix="cutdist-bench-") as tmp:
                     extract_images(splits, Path(tmp))
                     result.update(bench_imagefolder(args, Path(tmp)))
