@@ -11,6 +11,7 @@ SUBCOMMANDS = {
     "decode": "cutdist.bench.gpu_decode",      # JPEG decode + augment on the GPU (nvJPEG) vs one CPU core, images/s
     "curves": "cutdist.bench.curves",          # loss curves of fast-path variants vs fp32, within seed-to-seed noise?
     "scaling": "cutdist.bench.scaling",        # quality vs global batch under lr rules none/sqrt/linear, same images seen
+    "grads": "cutdist.bench.grads",            # one step with a fast-path switch vs the plain step: same gradients?
 }
 
 
