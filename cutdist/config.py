@@ -3,8 +3,9 @@
 Knows nothing of Ray or torch, so the driver can reject a bad job before any cluster is touched.
 Every problem is reported as one ``ConfigError`` whose message names the offending key.
 
-Fields left ``None`` are filled from the preset named by ``model.mode`` (``cut`` or ``fastcut``,
-Park et al. 2020, Sec. 4 / Table 1) by :func:`resolve`.
+Fields left ``None`` are filled from the preset named by ``model.mode`` (``cut``, ``fastcut`` or ``sincut``,
+Park et al. 2020, Sec. 4 / Table 1 / Fig. 9) by :func:`resolve`. ``sincut`` also starts from its own defaults
+(``SINCUT_DEFAULTS``: the authors' single-image recipe) before the job file and the overrides apply.
 """
 from __future__ import annotations
 
@@ -30,7 +31,27 @@ PRESETS: dict[str, dict[str, Any]] = {
             "optim.epochs": 200, "optim.epochs_decay": 200},
     "fastcut": {"loss.lambda_x": 10.0, "loss.identity": False, "loss.flip_equivariance": True,
                 "optim.epochs": 150, "optim.epochs_decay": 50},
+    # SinCUT (the authors' sincut_model.py): lambda_X = 4 with identity PatchNCE, 8 + 8 epochs of 100,000 crops.
+    "sincut": {"loss.lambda_x": 4.0, "loss.identity": True, "loss.flip_equivariance": False,
+               "optim.epochs": 8, "optim.epochs_decay": 8},
 }
+for _preset in ("cut", "fastcut"):
+    PRESETS[_preset].update({"loss.lambda_r1": 0.0, "loss.lambda_identity_l1": 0.0})
+PRESETS["sincut"].update({"loss.lambda_r1": 1.0, "loss.lambda_identity_l1": 1.0})
+
+# Where SinCUT's recipe differs from the dataclass defaults (which are CUT's): its starting point, under the job
+# file and the overrides. StyleGAN2-style G (ngf 10, one down-sampling, 6 residual blocks split between encoder and
+# decoder) and D (ndf 8) on 64 x 64 crops; non-saturating GAN; PatchNCE on encoder layers 0, 2, 4 with one patch
+# per tap and the negatives taken from the whole minibatch; Adam 2e-3 (0, 0.99); 16 crops per step (the GLOBAL
+# batch for sincut, split over the workers).
+SINCUT_DEFAULTS: dict[str, Any] = {
+    "model.ngf": 10, "model.ndf": 8, "model.n_blocks": 6,
+    "loss.gan_mode": "nonsaturating", "loss.nce_layers": [0, 2, 4], "loss.num_patches": 1,
+    "loss.negatives_from_minibatch": True,
+    "optim.lr": 0.002, "optim.beta1": 0.0, "optim.beta2": 0.99,
+    "data.crop_size": 64, "data.load_size": 64, "data.batch_size": 16, "data.preprocess": "none",
+}
+SINCUT_ENCODER_LAYERS = lambda n_blocks: 3 + n_blocks // 2  # noqa: E731 - identity, 1x1 conv, 1 down, blocks
 
 
 def generator_num_layers(n_blocks: int, antialias: bool) -> int:
@@ -48,7 +69,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 @dataclass
 class ModelConfig:
-    mode: str = "cut"                 # preset: cut | fastcut
+    mode: str = "cut"                 # preset: cut | fastcut | sincut
     ngf: int = 64                     # generator base channels
     ndf: int = 64                     # discriminator base channels
     n_blocks: int = 9                 # residual blocks (9 at 256², 6 in the smaller reference setting)
@@ -69,6 +90,8 @@ class LossConfig:
     num_patches: int = 256
     temperature: float = 0.07
     negatives_from_minibatch: bool = False  # the paper's single-image setting
+    lambda_r1: float | None = None    # sincut: R1 penalty on real B, lambda/2 E||grad D(y)||^2 (preset: 1; else 0)
+    lambda_identity_l1: float | None = None  # sincut: L1 ||G(y) - y|| weight (preset: 1; else 0)
 
 
 @dataclass
@@ -101,6 +124,10 @@ class DataConfig:
     synth_if_missing: bool = False    # demo: synthesise the demo shards into root when absent
     synth_count: int = 400            # images per training domain when synthesising
     synth_size: int = 64
+    image_a: str = ""                 # sincut: the one image of domain A (a file); "" = trainA of data.root
+    image_b: str = ""                 # sincut: the one image of domain B
+    random_scale_max: float = 3.0     # sincut: per-axis zoom uniform in [1/random_scale_max, 1]
+    sincut_epoch_size: int = 100000   # sincut: crops per epoch (the reference's dataset length)
 
 
 @dataclass
@@ -321,7 +348,7 @@ def _looks_like_float(text: str) -> bool:
 def load(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
          *, validate_config: bool = True) -> JobConfig:
     """Read a job: defaults <- YAML file <- overrides; then the preset fills what is unset; then validate."""
-    cfg = JobConfig()
+    layers: list[dict[str, Any]] = []
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -330,15 +357,34 @@ def load(path: str | Path | None = None, overrides: list[str] | dict[str, Any] |
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-        apply(cfg, data)
+        layers.append(data)
     if isinstance(overrides, dict):
-        apply(cfg, overrides)
+        layers.append(overrides)
     else:
-        for text in overrides or []:
-            apply(cfg, dict([parse_override(text)]))
+        layers += [dict([parse_override(text)]) for text in overrides or []]
+    cfg = base_config(layers)
+    for values in layers:
+        apply(cfg, values)
     resolve(cfg)
     if validate_config:
         validate(cfg)
+    return cfg
+
+
+def base_config(layers: list[dict[str, Any]]) -> JobConfig:
+    """The defaults a job starts from: the dataclass defaults, plus ``SINCUT_DEFAULTS`` when the last
+    ``model.mode`` the layers set (nested or dotted) is ``sincut``."""
+    cfg, mode = JobConfig(), None
+    for values in layers:
+        if not isinstance(values, dict):
+            continue
+        model = values.get("model")
+        if isinstance(model, dict) and "mode" in model:
+            mode = model["mode"]
+        if "model.mode" in values:
+            mode = values["model.mode"]
+    if mode == "sincut":
+        apply(cfg, dict(SINCUT_DEFAULTS))
     return cfg
 
 
@@ -347,7 +393,7 @@ def from_dict(values: dict[str, Any], *, validate_config: bool = True, stored: b
     if stored and isinstance(values, dict):
         values = {section: ({k: v for k, v in keys.items() if f"{section}.{k}" not in RETIRED}
                             if isinstance(keys, dict) else keys) for section, keys in values.items()}
-    cfg = apply(JobConfig(), values)
+    cfg = apply(base_config([values]), values)
     resolve(cfg)
     if validate_config:
         validate(cfg)
@@ -413,13 +459,20 @@ def validate(cfg: JobConfig) -> JobConfig:
         _check(get(cfg, key) >= 0, key, f"must be >= 0, got {get(cfg, key)}")
     _check(lo.num_patches >= 1, "loss.num_patches", f"must be >= 1, got {lo.num_patches}")
     _check(lo.temperature > 0, "loss.temperature", f"must be > 0, got {lo.temperature}")
-    n_layers = generator_num_layers(m.n_blocks, m.antialias)
+    sincut = m.mode == "sincut"
+    n_layers = SINCUT_ENCODER_LAYERS(m.n_blocks) if sincut else generator_num_layers(m.n_blocks, m.antialias)
     _check(len(lo.nce_layers) >= 1, "loss.nce_layers", "must name at least one generator layer")
     _check(len(set(lo.nce_layers)) == len(lo.nce_layers), "loss.nce_layers", f"has duplicates: {lo.nce_layers}")
     for i in lo.nce_layers:
         _check(0 <= i < n_layers, "loss.nce_layers",
                f"layer {i} does not exist: the generator (n_blocks={m.n_blocks}, antialias={m.antialias}) "
-               f"has layers 0..{n_layers - 1}")
+               f"has layers 0..{n_layers - 1}" if not sincut else
+               f"layer {i} does not exist: SinCUT's encoder (n_blocks={m.n_blocks}) has layers 0..{n_layers - 1}")
+    for key in ("loss.lambda_r1", "loss.lambda_identity_l1"):
+        _check(get(cfg, key) >= 0, key, f"must be >= 0, got {get(cfg, key)}")
+        _check(sincut or get(cfg, key) == 0, key, f"is a sincut term; model.mode={m.mode!r} has none (set 0)")
+    if sincut:
+        _validate_sincut(cfg)
 
     _check(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
     for key in ("optim.beta1", "optim.beta2"):
@@ -431,8 +484,9 @@ def validate(cfg: JobConfig) -> JobConfig:
     _check(o.max_steps >= 0, "optim.max_steps", f"must be >= 0, got {o.max_steps}")
     _one_of(cfg, "optim.lr_scaling", list(LR_SCALING))
 
-    _check(bool(d.root) or bool(d.train_a and d.train_b), "data.root",
-           "set data.root (a shard directory) or both data.train_a and data.train_b")
+    _check(bool(d.root) or bool(d.train_a and d.train_b) or bool(sincut and d.image_a and d.image_b), "data.root",
+           "set data.root (a shard directory) or both data.train_a and data.train_b"
+           + (" (or both data.image_a and data.image_b)" if sincut else ""))
     _check(d.num_train_a >= 0, "data.num_train_a", f"must be >= 0, got {d.num_train_a}")
     _one_of(cfg, "data.preprocess", ["resize_and_crop", "scale_width_and_crop", "none"])
     _check(d.crop_size >= 4, "data.crop_size", f"must be >= 4, got {d.crop_size}")
@@ -441,7 +495,7 @@ def validate(cfg: JobConfig) -> JobConfig:
     _check(d.crop_size >= 8, "data.crop_size",
            f"must be >= 8 (the generator's reflection padding at 1/4 resolution), got {d.crop_size}")
     # The PatchGAN halves the crop n_layers_d times, then two 4x4 convs (padding 1) each take one pixel off.
-    _check(d.crop_size >= 3 * 2 ** m.n_layers_d, "data.crop_size",
+    _check(sincut or d.crop_size >= 3 * 2 ** m.n_layers_d, "data.crop_size",
            f"crop {d.crop_size} is too small for model.n_layers_d={m.n_layers_d} (needs >= {3 * 2 ** m.n_layers_d})")
     _check(d.load_size >= 1, "data.load_size", f"must be >= 1, got {d.load_size}")
     if d.preprocess != "none":
@@ -477,3 +531,25 @@ def validate(cfg: JobConfig) -> JobConfig:
     _check(e.max_images >= 0, "eval.max_images", f"must be >= 0, got {e.max_images}")
     _check(bool(e.inception_weights), "eval.inception_weights", "must be a path, 'auto' or 'random'")
     return cfg
+
+
+def _validate_sincut(cfg: JobConfig) -> None:
+    """What SinCUT's networks, data and R1 penalty need (called by ``validate`` for model.mode=sincut)."""
+    d, t = cfg.data, cfg.train
+    size = d.crop_size
+    _check(size >= 8 and size & (size - 1) == 0 and size <= 1024, "data.crop_size",
+           f"sincut's discriminator takes power-of-two crops from 8 to 1024 px, got {size}")
+    _check(d.batch_size % t.num_workers == 0, "data.batch_size",
+           f"sincut splits its batch of {d.batch_size} crops over train.num_workers={t.num_workers}: "
+           "use a multiple of the worker count")
+    _check(d.random_scale_max >= 1, "data.random_scale_max", f"must be >= 1, got {d.random_scale_max}")
+    _check(d.sincut_epoch_size >= d.batch_size, "data.sincut_epoch_size",
+           f"must be >= data.batch_size ({d.batch_size}), got {d.sincut_epoch_size}")
+    _check(bool(d.image_a) == bool(d.image_b), "data.image_a",
+           "set both data.image_a and data.image_b (or neither: one image each in trainA/trainB of data.root)")
+    _check(not d.decode_on_device, "data.decode_on_device", "does not apply to sincut (its crops are cut on the "
+           "training device from the one decoded image)")
+    _check(cfg.optim.lr_scaling == "none", "optim.lr_scaling",
+           "sincut's data.batch_size is already the global batch (the reference's 16 crops); keep 'none'")
+    _check(not t.compile, "train.compile",
+           "sincut's R1 penalty needs a double backward, which torch.compile (AOTAutograd) does not support")
