@@ -1,4 +1,5 @@
-"""``python -m cutdist.convert --official-dir DIR --out CKPT``: import the authors' released CUT/FastCUT weights
+"""``python -m cutdist.convert --official-dir DIR --out CKPT [--mode cut|fastcut|sincut]``: import the authors'
+released CUT/FastCUT weights, or their single-image SinCUT weights with ``--mode sincut``
 (``latest_net_G.pth``, plus ``latest_net_D.pth`` / ``latest_net_F.pth`` when present) into a cutdist checkpoint
 directory that ``python -m cutdist.translate`` (and training's resume) reads.
 
@@ -28,10 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--official-dir", required=True, help="folder holding <epoch>_net_G.pth (and _D, _F)")
     p.add_argument("--out", required=True, help="cutdist checkpoint directory to write (model.pt inside)")
     p.add_argument("--epoch", default="latest", help="file prefix of the official files (default: latest)")
-    p.add_argument("--mode", choices=["cut", "fastcut"], default="cut",
-                   help="preset recorded in the checkpoint's config (default: cut)")
+    p.add_argument("--mode", choices=["cut", "fastcut", "sincut"], default="cut",
+                   help="preset recorded in the checkpoint's config (default: cut); sincut: the authors' single-image "
+                        "model (netG/netD stylegan2)")
     p.add_argument("--nce-layers", type=_layers, default=None,
-                   help=f"PatchNCE taps F was trained with (default: {','.join(map(str, DEFAULT_NCE_LAYERS))})")
+                   help=f"PatchNCE taps F was trained with (default: {','.join(map(str, DEFAULT_NCE_LAYERS))}; "
+                        "sincut: 0,2,4)")
     p.add_argument("--name", default=None, help="job name stored in the config (default: the official folder name)")
     p.add_argument("--force", action="store_true", help="overwrite an existing checkpoint in --out")
     return p
@@ -53,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     m = cfg.model
+    if m.mode == "sincut":
+        print(f"wrote {path}: SinCUT G ngf={m.ngf} n_blocks={m.n_blocks} crop={cfg.data.crop_size}; "
+              f"D {'ndf=%d' % m.ndf if parts['d'] is not None else 'absent'}; "
+              f"F {'nc=%d taps=%s' % (m.netf_nc, cfg.loss.nce_layers) if parts['f'] is not None else 'absent'}")
+        return 0
     print(f"wrote {path}: G ngf={m.ngf} n_blocks={m.n_blocks} antialias={m.antialias}; "
           f"D {'ndf=%d n_layers=%d' % (m.ndf, m.n_layers_d) if parts['d'] is not None else 'absent'}; "
           f"F {'nc=%d taps=%s' % (m.netf_nc, cfg.loss.nce_layers) if parts['f'] is not None else 'absent'}")

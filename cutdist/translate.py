@@ -9,8 +9,14 @@ Inputs (``--input``):
 
 Preprocessing is the reference's test-time transform: RGB; with ``--size S`` a bicubic resize to S x S (the
 reference tests at load_size = crop_size), otherwise full resolution (the generator is fully convolutional);
-then each side rounded to a multiple of 4 (bicubic resize when needed); scaled to [-1, 1]. Outputs are written at
-that size, converted to 8 bits as the reference's ``tensor2im`` does ((y + 1) / 2 * 255, truncated).
+then each side rounded to a multiple of 4 (bicubic resize when needed; bilinear for a SinCUT checkpoint, as the
+reference's single-image test); scaled to [-1, 1]. Outputs are written at that size, converted to 8 bits as the
+reference's ``tensor2im`` does ((y + 1) / 2 * 255, truncated; clamped to [0, 255], which SinCUT's unbounded output
+needs).
+
+SinCUT's decoder injects noise (its strength is learned, 0 at initialisation): torch's generator on the device is
+seeded with ``--seed`` (default 0) before every forward, so a run is reproducible and matches the reference's
+generator seeded the same way (``torch.manual_seed(seed)`` before its forward, same device).
 
 A corrupt or non-image file (or a shard sample without an image) is reported on stderr and skipped.
 Exit status: 0 all translated; 1 some inputs were skipped; 2 usage error (bad checkpoint, no input found).
@@ -130,17 +136,17 @@ def round_to_multiple(size: int, base: int = 4) -> int:
     return int(round(size / base) * base)
 
 
-def preprocess(image: Image.Image, size: int | None) -> torch.Tensor:
+def preprocess(image: Image.Image, size: int | None, resample: int = Image.BICUBIC) -> torch.Tensor:
     """PIL image -> [3, H, W] in [-1, 1], the reference's test-time transform (see the module docstring)."""
     image = image.convert("RGB")
     if size is not None:
-        image = image.resize((size, size), Image.BICUBIC)
+        image = image.resize((size, size), resample)
     w, h = image.size
     rw, rh = round_to_multiple(w), round_to_multiple(h)
     if rw < 4 or rh < 4:
         raise ValueError(f"image too small ({w}x{h})")
     if (rw, rh) != (w, h):
-        image = image.resize((rw, rh), Image.BICUBIC)
+        image = image.resize((rw, rh), resample)
     x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div(255)
     return (x - 0.5) / 0.5
 
@@ -162,8 +168,10 @@ class Summary:
 
 
 def translate(generator: torch.nn.Module, items: Iterator[Item], output: Path, *, size: int | None,
-              batch_size: int, device: torch.device, total: int | None = None) -> Summary:
-    """Translate ``items`` in batches of equal-sized images; write ``output/<out_stem>.png``."""
+              batch_size: int, device: torch.device, total: int | None = None, resample: int = Image.BICUBIC,
+              seed: int = 0) -> Summary:
+    """Translate ``items`` in batches of equal-sized images; write ``output/<out_stem>.png``. torch is seeded with
+    ``seed`` before every forward (SinCUT's noise injection)."""
     summary = Summary()
     written: set[str] = set()
     pending: list[tuple[str, torch.Tensor]] = []
@@ -176,6 +184,7 @@ def translate(generator: torch.nn.Module, items: Iterator[Item], output: Path, *
         if not pending:
             return
         batch = torch.stack([x for _, x in pending]).to(device)
+        torch.manual_seed(seed)
         with torch.no_grad():
             fake = generator(batch)
         for (stem, _), y in zip(pending, fake):
@@ -199,7 +208,7 @@ def translate(generator: torch.nn.Module, items: Iterator[Item], output: Path, *
                 continue
             try:
                 with open_image(item.data) as image:
-                    x = preprocess(image, size)
+                    x = preprocess(image, size, resample)
             except Exception as err:  # noqa: BLE001 - any undecodable file is skipped, never fatal
                 skip(item.label, f"not a readable image ({type(err).__name__}: {str(err)[:120]})")
                 continue
@@ -229,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_positive, default=None, help="resize inputs to S x S first (default: full size)")
     p.add_argument("--batch-size", type=_positive, default=1, help="images per forward (equal sizes only)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--seed", type=int, default=0, help="torch seed before every forward (SinCUT's noise; default 0)")
     return p
 
 
@@ -240,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --device: {err}", file=sys.stderr)
         return 2
     try:
-        generator, _ = load_generator(args.checkpoint, device)
+        generator, cfg = load_generator(args.checkpoint, device)
         total, items = collect_inputs(args.input)
     except (ModelIOError, InputError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -250,8 +260,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     output = Path(args.output).expanduser()
     output.mkdir(parents=True, exist_ok=True)
+    resample = Image.BILINEAR if cfg.model.mode == "sincut" else Image.BICUBIC
     summary = translate(generator, items, output, size=args.size, batch_size=args.batch_size, device=device,
-                        total=total)
+                        total=total, resample=resample, seed=args.seed)
     print(f"translated {summary.translated} image(s) into {output}; skipped {summary.skipped}")
     return 1 if summary.skipped else 0
 

@@ -145,10 +145,16 @@ def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], what:
         raise ModelIOError(f"{what}: " + "; ".join(problems))
 
 
-def load_generator(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> tuple[ResnetGenerator, JobConfig]:
-    """The checkpoint's generator, built from its stored config, on ``device``, in eval mode, frozen."""
+def load_generator(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, JobConfig]:
+    """The checkpoint's generator (ResNet for cut/fastcut, StyleGAN2-style for sincut), built from its stored config,
+    on ``device``, in eval mode, frozen."""
     payload, cfg = load_model(ckpt_dir)
-    g = build_generator(cfg)
+    if cfg.model.mode == "sincut":
+        from cutdist.model.sincut import build_sincut_generator
+
+        g = build_sincut_generator(cfg)
+    else:
+        g = build_generator(cfg)
     check_state_dict(g, payload["g"], f"{model_file(ckpt_dir)}: generator")
     g.load_state_dict(payload["g"])
     g.to(device).eval().requires_grad_(False)

@@ -1,10 +1,11 @@
-"""Import the authors' released CUT/FastCUT checkpoints (taesungp/contrastive-unpaired-translation).
+"""Import the authors' released CUT/FastCUT/SinCUT checkpoints (taesungp/contrastive-unpaired-translation).
 
 Their ``save_networks`` writes ``<epoch>_net_G.pth`` (and ``_net_D`` / ``_net_F`` for training runs): plain state
 dicts of ``networks.py``'s modules, keys such as ``model.1.weight``, ``model.7.filt`` (blur buffers),
 ``model.12.conv_block.1.weight``, and F's ``mlp_0.0.weight``. No options file travels with them, so the
 architecture is inferred from the tensors' names and shapes, then the state dicts are checked strictly against the
 networks built from that inference: any missing, unknown or mis-shaped key is one ``OfficialCheckpointError``.
+SinCUT's (``--mode sincut``): keys such as ``encoder.convs.2.conv2.1.weight`` (G), ``final_linear.0.weight`` (D).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from cutdist.model.networks import NLayerDiscriminator, PatchSampleF, ResnetGene
 
 StateDict = Mapping[str, torch.Tensor]
 DEFAULT_NCE_LAYERS = [0, 4, 8, 12, 16]
+SINCUT_NCE_LAYERS = [0, 2, 4]
 
 
 class OfficialCheckpointError(ValueError):
@@ -100,6 +102,10 @@ def convert_official(states: Mapping[str, StateDict | None], *, mode: str = "cut
     g_state = states.get("g")
     if g_state is None:
         raise OfficialCheckpointError("G: the generator state dict is required")
+    if mode == "sincut":
+        return _convert_sincut(states, nce_layers=nce_layers, name=name)
+    if "encoder.convs.1.0.weight" in g_state:
+        raise OfficialCheckpointError("G: a StyleGAN2-style (SinCUT) generator; pass --mode sincut")
     arch = infer_generator(g_state)
     if arch["input_nc"] != 3:
         raise OfficialCheckpointError(f"G: takes {arch['input_nc']}-channel input; cutdist supports RGB generators "
@@ -141,6 +147,82 @@ def convert_official(states: Mapping[str, StateDict | None], *, mode: str = "cut
         _strict(f, f_state, "F")
         overrides["model.netf_nc"] = f_arch["nc"]
 
+    try:
+        cfg = config_mod.from_dict(overrides, validate_config=False)
+    except config_mod.ConfigError as err:
+        raise OfficialCheckpointError(f"config: {err}") from None
+    parts = {"g": dict(g_state), "d": None if d_state is None else dict(d_state),
+             "f": None if f_state is None else dict(f_state)}
+    return parts, cfg
+
+
+# ------------------------------------------------------------------------------------------------- SinCUT
+
+def _match_width(wanted: list[tuple[int, int]], table, what: str, key: str) -> int:
+    """The smallest base width (ngf / ndf) whose channel table gives ``wanted`` [(resolution, channels)]."""
+    for width in range(1, 1025):
+        table_w = table(width)
+        if all(table_w.get(res) == c for res, c in wanted):
+            return width
+    raise OfficialCheckpointError(f"{what}: no base width gives the channels of {key} ({wanted}); not a SinCUT "
+                                  "stylegan2 network")
+
+
+def _convert_sincut(states: Mapping[str, StateDict | None], *, nce_layers: list[int] | None,
+                    name: str) -> tuple[dict, JobConfig]:
+    """The authors' SinCUT G (netG stylegan2), D (netD stylegan2) and F: widths, residual blocks and crop size
+    inferred from the shapes (the crop from D's depth when D is there, else the preset's 64), then checked
+    strictly against the networks built from them."""
+    from cutdist.model.stylegan import (StyleGAN2Discriminator, StyleGAN2Generator, discriminator_channels,
+                                        generator_channels)
+
+    g_state, d_state, f_state = states.get("g"), states.get("d"), states.get("f")
+    stem = _need(g_state, "encoder.convs.1.0.weight", "G")
+    if stem.dim() != 4 or stem.shape[1] != 3:
+        raise OfficialCheckpointError(f"G: encoder.convs.1.0.weight has shape {tuple(stem.shape)}; expected an RGB "
+                                      "1x1 EqualConv2d")
+    downs = sorted({int(m.group(1)) for k in g_state
+                    if (m := re.fullmatch(r"encoder\.convs\.(\d+)\.skip\.1\.weight", k))})
+    blocks = {int(m.group(1)) for k in g_state if (m := re.fullmatch(r"encoder\.convs\.(\d+)\.conv1\.0\.weight", k))}
+    if downs != [2]:
+        raise OfficialCheckpointError(f"G: {len(downs)} down-sampling blocks at encoder layers {downs}; cutdist's "
+                                      "SinCUT generator has one (stylegan2_G_num_downsampling=1)")
+    n_blocks = 2 * (len(blocks) - 1)
+    crop = 64
+    if d_state is not None:
+        d_blocks = {int(m.group(1)) for k in d_state if (m := re.fullmatch(r"convs\.(\d+)\.conv1\.0\.weight", k))}
+        if "final_linear.0.weight" not in d_state or not d_blocks:
+            raise OfficialCheckpointError("D: not a SinCUT stylegan2 discriminator (no convs.<i>.conv1 / final_linear "
+                                          "keys)")
+        crop = 2 ** (len(d_blocks) + 2)
+    down = _need(g_state, "encoder.convs.2.conv2.1.weight", "G")
+    ngf = _match_width([(crop, int(stem.shape[0])), (crop // 2, int(down.shape[0]))], generator_channels, "G",
+                       "encoder.convs.1.0.weight / encoder.convs.2.conv2.1.weight")
+    g = StyleGAN2Generator(ngf=ngf, crop_size=crop, n_downsampling=1, n_blocks=n_blocks)
+    _strict(g, g_state, "G")
+    overrides: dict[str, object] = {"name": name, "model.mode": "sincut", "model.ngf": ngf, "model.n_blocks": n_blocks,
+                                    "data.crop_size": crop}
+    if d_state is not None:
+        first = _need(d_state, "convs.0.0.weight", "D")
+        ndf = _match_width([(crop, int(first.shape[0]))], discriminator_channels, "D", "convs.0.0.weight")
+        d = StyleGAN2Discriminator(ndf=ndf, crop_size=crop)
+        _strict(d, d_state, "D")
+        overrides["model.ndf"] = ndf
+    layers = list(SINCUT_NCE_LAYERS if nce_layers is None else nce_layers)
+    n_layers = len(g.encoder.convs)
+    bad = [i for i in layers if not 0 <= i < n_layers]
+    if bad:
+        raise OfficialCheckpointError(f"--nce-layers: layers {bad} do not exist in this encoder (layers 0..{n_layers - 1})")
+    overrides["loss.nce_layers"] = layers
+    if f_state is not None:
+        f_arch = infer_patch_sampler(f_state)
+        taps = g.tap_channels(layers)
+        if f_arch["in_channels"] != taps:
+            raise OfficialCheckpointError(
+                f"F: its {len(f_arch['in_channels'])} MLPs take {f_arch['in_channels']} channels, but taps {layers} "
+                f"of this generator give {taps}; pass the taps it was trained with (--nce-layers)")
+        _strict(PatchSampleF(taps, nc=f_arch["nc"]), f_state, "F")
+        overrides["model.netf_nc"] = f_arch["nc"]
     try:
         cfg = config_mod.from_dict(overrides, validate_config=False)
     except config_mod.ConfigError as err:
