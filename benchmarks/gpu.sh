@@ -6,7 +6,8 @@
 #
 #   OUT=/some/dir bash benchmarks/gpu.sh
 #
-# Writes $OUT/train_step.jsonl, $OUT/data_feed.jsonl, $OUT/curves.jsonl (one JSON line per configuration, failures
+# Also issue 11's gradient checks (`python -m cutdist.bench grads`, every fast-path switch against the plain fp32 step).
+# Writes $OUT/train_step.jsonl, $OUT/grads.jsonl, $OUT/data_feed.jsonl, $OUT/curves.jsonl (one JSON line per configuration, failures
 # included), $OUT/summary.md (benchmarks/summarize.py) and $OUT/gpu.log (everything else). Every configuration runs
 # in its own process under `timeout`, so a hang or an out-of-memory costs only that line; configurations run in
 # priority order, none starts unless the time it typically needs is left of BUDGET_S (default 360 s), and none may
@@ -29,10 +30,11 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 TRAIN="$OUT/train_step.jsonl"
+GRADS="$OUT/grads.jsonl"
 FEED="$OUT/data_feed.jsonl"
 CURVES="$OUT/curves.jsonl"
 LOG="$OUT/gpu.log"
-: >"$TRAIN"; : >"$FEED"; : >"$CURVES"; : >"$LOG"
+: >"$TRAIN"; : >"$GRADS"; : >"$FEED"; : >"$CURVES"; : >"$LOG"
 START=$(date +%s)
 elapsed() { echo $(( $(date +%s) - START )); }
 say() { echo "[gpu.sh +$(elapsed)s] $*" | tee -a "$LOG"; }
@@ -43,6 +45,7 @@ if [ "$SMOKE" = 1 ]; then
   BATCHES="1 2 3"; COMPILE_BACKEND="--compile-backend aot_eager"; JPEGS=24; JPEG_SIZE=48; CROP=32
   T_EAGER=120; T_COMPILE=240; T_DATA=120; NEED_EAGER=20; NEED_COMPILE=40; NEED_DATA=20
   CURVES_ARGS="--config jobs/smoke.yaml --steps 4 --interval 2 --seeds 0,1,2 --threads 1"; T_CURVES=120; NEED_CURVES=20
+  GRADS_ARGS="--config jobs/smoke.yaml --threads 1"; T_GRADS=120; NEED_GRADS=20
 else
   MODEL="--size 256"     # the paper's nets: ngf 64, ndf 64, 9 blocks, 256 patches, taps 0,4,8,12,16
   STEPS_B1="--steps 30 --warmup 5"; STEPS_B8="--steps 15 --warmup 3"; STEPS_B32="--steps 8 --warmup 2"
@@ -52,6 +55,8 @@ else
   # the demo job (64 px, small nets) as in results/cpu-2026-11-27, 200 steps; 5 seeds: with 3 the verdict fails even
   # for channels_last, a rounding-level change (benchmarks/README.md, "Loss curves"). 10 runs.
   CURVES_ARGS="--config jobs/demo.yaml --steps 200 --interval 20 --seeds 0,1,2,3,4"; T_CURVES=300; NEED_CURVES=150
+  # issue 11's gradient checks on the demo job's nets (64 px), TF32 off (the check's default: true fp32)
+  GRADS_ARGS="--config jobs/demo.yaml"; T_GRADS=120; NEED_GRADS=30
 fi
 read -r B1 B8 B32 <<<"$BATCHES"
 steps_for() { case "$1" in "$B1") echo "$STEPS_B1";; "$B8") echo "$STEPS_B8";; *) echo "$STEPS_B32";; esac; }
@@ -123,6 +128,13 @@ say "machine: $(uname -srm); budget ${BUDGET_S}s; smoke=$SMOKE; device=$DEVICE"
 # 1. the anchor's setting, eager: batch 8 fp32 (reference ~43 img/s); the fast-path candidate at batch 32, eager
 eager "$B8" --precision fp32
 eager "$B32" --precision bf16 --channels-last --fused-adam
+# 1b. issue 11: each fast-path switch against the plain fp32 step on this device's kernels (same weights, batch,
+#     patch ids and flip; CUT and FastCUT, flipped and not, batch 1 and 2): one JSON line each in grads.jsonl
+grads_check() {  # grads_check ARGS...
+  # shellcheck disable=SC2086
+  run "$GRADS" grads "$T_GRADS" "$NEED_GRADS" --device "$DEVICE" $GRADS_ARGS "$@"
+}
+for switch in channels_last fused_adam bf16 decode_on_device; do grads_check --switch "$switch"; done
 # 2. the goal candidate: compiled bf16 + channels_last + fused Adam at batch 32 (NCHW instead if that failed)
 NCHW32_DONE=0
 if ! compiled "$B32" --precision bf16 --channels-last --fused-adam; then
@@ -167,6 +179,10 @@ fi
 compiled "$B32" --precision bf16 --channels-last --fused-adam --bf16-discriminator
 
 rm -rf "$JPEG_DIR"
+# 6b. issue 11: torch.compile's kernels against eager (FastCUT at batch 1, flipped and not: every case recompiles)
+# shellcheck disable=SC2086
+run "$GRADS" grads "$T_COMPILE" "$NEED_COMPILE" --device "$DEVICE" $GRADS_ARGS --switch compile --modes fastcut \
+    --batches 1 $COMPILE_BACKEND
 # 7. low priority: issue 7's "same training behaviour": loss curves on the demo data, fp32 vs bf16 over the same
 #    seeds (bf16 with D in fp32, the default, and with D in bf16 too), one process training short runs one after another; the demo shards are synthesised into a temporary folder
 CURVE_DATA=$(mktemp -d)
@@ -174,6 +190,6 @@ CURVE_DATA=$(mktemp -d)
 run "$CURVES" curves "$T_CURVES" "$NEED_CURVES" --device "$DEVICE" $CURVES_ARGS --variants fp32,bf16,bf16+bf16_d \
     "data.root=$CURVE_DATA/demo"
 rm -rf "$CURVE_DATA"
-"$PY" benchmarks/summarize.py "$TRAIN" "$FEED" >"$OUT/summary.md" 2>>"$LOG" || say "summarize.py failed (see gpu.log)"
-say "finished: $(wc -l <"$TRAIN") train-step lines, $(wc -l <"$FEED") data-feed lines, $(wc -l <"$CURVES") curves line; summary in $OUT/summary.md"
+"$PY" benchmarks/summarize.py "$TRAIN" "$GRADS" "$FEED" >"$OUT/summary.md" 2>>"$LOG" || say "summarize.py failed (see gpu.log)"
+say "finished: $(wc -l <"$TRAIN") train-step lines, $(wc -l <"$GRADS") gradient checks, $(wc -l <"$FEED") data-feed lines, $(wc -l <"$CURVES") curves line; summary in $OUT/summary.md"
 cat "$OUT/summary.md"

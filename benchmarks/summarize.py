@@ -1,6 +1,6 @@
-"""Turn the JSON lines of ``benchmarks/gpu.sh`` (train_step.jsonl, data_feed.jsonl) into a markdown summary.
+"""Turn the JSON lines of ``benchmarks/gpu.sh`` (train_step.jsonl, grads.jsonl, data_feed.jsonl) into a markdown summary.
 
-    python benchmarks/summarize.py RESULTS/train_step.jsonl [RESULTS/data_feed.jsonl] > RESULTS/summary.md
+    python benchmarks/summarize.py RESULTS/train_step.jsonl [RESULTS/grads.jsonl] [RESULTS/data_feed.jsonl] > RESULTS/summary.md
 
 Rows are sorted by mode, batch, compile, precision, channels_last; failed and skipped configurations are listed
 with their arguments. The anchor (the authors' code on one H200, from issue 7) is quoted beside our eager and best
@@ -133,6 +133,34 @@ def feed_table(rows: list[dict]) -> list[str]:
     return out or ["No data-feed measurement produced a result."]
 
 
+def grads_table(rows: list[dict]) -> list[str]:
+    """Issue 11's gradient checks: per switch, the largest difference from the plain fp32 step per net."""
+    ok = [r for r in rows if "error" not in r]
+    if not ok:
+        return ["No gradient check produced a result."]
+    out = ["| switch | held to | D | G | F | tolerance | within | cases | note |", "|---|---|---:|---:|---:|---:|---|---:|---|"]
+    for r in ok:
+        metric = r.get("metric", "max_rel_diff")
+        values = r.get(metric, r.get("max_rel_diff"))
+        if isinstance(values, dict):
+            cells = [f"{values.get(n, float('nan')):.2e}" for n in ("d", "g", "f")]
+        else:   # decode_on_device: pixels
+            grads = r.get("max_rel_diff", {})
+            cells = [f"{grads.get(n, float('nan')):.2e}" for n in ("d", "g", "f")]
+            cells[0] = f"pixels {values} / grads {cells[0]}"
+        notes = []
+        if any(c.get("compile_fallbacks") for c in r.get("cases", [])):
+            notes.append("EAGER FALLBACK")
+        redrawn = sum(len(c.get("draws", [])) > 1 for c in r.get("cases", []))
+        if redrawn:
+            notes.append(f"{redrawn} case(s) redrawn")
+        if r.get("tf32"):
+            notes.append("TF32 on")
+        out.append(f"| {r['switch']} | {metric} | {' | '.join(cells)} | {r['tolerance']:g} | "
+                   f"{'yes' if r['within_tolerance'] else '**NO**'} | {len(r.get('cases', []))} | {' '.join(notes)} |")
+    return out
+
+
 def failures(rows: list[dict]) -> list[str]:
     out = []
     for r in rows:
@@ -146,6 +174,7 @@ def failures(rows: list[dict]) -> list[str]:
 def summarize(rows: list[dict]) -> str:
     train = [r for r in rows if r.get("bench") == "train-step"]
     feed = [r for r in rows if r.get("bench") in ("data", "decode")]
+    grads = [r for r in rows if r.get("bench") == "grads"]
     ok = [r for r in train if "error" not in r]
     devices = sorted({r["device_name"] for r in ok}) or ["?"]
     dates = sorted(r["date"] for r in ok)
@@ -161,8 +190,11 @@ def summarize(rows: list[dict]) -> str:
                      f"= batch x timed steps / time; TFLOP/s from FlopCounterMode on one eager step.")
     lines += ["", "## Train step", ""] + train_table(train)
     lines += ["", "## Against the anchor", ""] + anchor_section(train)
+    if grads:
+        lines += ["", "## Gradient checks (`bench grads`: each switch vs the plain fp32 step, same weights/batch/"
+                  "patch ids/flip)", ""] + grads_table(grads)
     lines += ["", "## Data feed", ""] + feed_table(feed)
-    failed = failures(train + feed)
+    failed = failures(train + grads + feed)
     if failed:
         lines += ["", "## Failed or skipped", ""] + failed
     return "\n".join(lines) + "\n"

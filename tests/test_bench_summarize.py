@@ -73,3 +73,29 @@ def test_bad_input_exits_2(summarize, tmp_path, capsys):
     bad.write_text("{not json\n")
     with pytest.raises(SystemExit, match="bad.jsonl:1: not a JSON line"):
         summarize.main([str(bad)])
+
+
+def test_gradient_checks_get_their_own_table_and_failures(summarize, tmp_path):
+    grads = tmp_path / "grads.jsonl"
+    case = {"mode": "fastcut", "batch": 1, "flipped": True, "draws": [{}, {}]}
+    lines = [
+        {"bench": "grads", "switch": "channels_last", "metric": "max_rel_diff", "tolerance": 1e-3,
+         "max_rel_diff": {"d": 4e-6, "g": 1.6e-5, "f": 1.2e-5}, "within_tolerance": True, "cases": [case]},
+        {"bench": "grads", "switch": "bf16", "metric": "norm_rel_diff", "tolerance": 0.5,
+         "max_rel_diff": {"d": 0.2, "g": 0.44, "f": 0.61}, "norm_rel_diff": {"d": 0.12, "g": 0.61, "f": 0.25},
+         "within_tolerance": False, "cases": [{**case, "compile_fallbacks": {"g": "x"}}]},
+        {"bench": "grads", "switch": "decode_on_device", "metric": "pixel_max_diff", "tolerance": 3.0,
+         "pixel_max_diff": 1.0, "max_rel_diff": {"d": 0.16, "g": 0.38, "f": 1.2}, "within_tolerance": True,
+         "cases": []},
+        {"bench": "grads", "args": "--switch compile", "error": "timeout after 200s", "rc": 124},
+    ]
+    grads.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    train = tmp_path / "train_step.jsonl"
+    train.write_text(json.dumps(row()) + "\n")
+    text = summarize.summarize(summarize.read_lines([str(train), str(grads)]))
+    table = text.split("## Gradient checks")[1].split("## Data feed")[0]
+    assert "| channels_last | max_rel_diff | 4.00e-06 | 1.60e-05 | 1.20e-05 | 0.001 | yes | 1 | 1 case(s) redrawn |" in table
+    assert "| bf16 | norm_rel_diff | 1.20e-01 | 6.10e-01 | 2.50e-01 | 0.5 | **NO** |" in table
+    assert "EAGER FALLBACK" in table
+    assert "pixels 1.0 / grads 1.60e-01" in table
+    assert "- grads `--switch compile`: timeout after 200s" in text

@@ -32,6 +32,7 @@ import json
 import math
 import random
 import sys
+import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -497,6 +498,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend for --switch compile")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="CPU: torch intra-op threads (0 = torch's default)")
+    p.add_argument("--tf32", action="store_true",
+                   help="CUDA: leave TF32 on (torch's default for cuDNN convolutions) in both steps; off by default, "
+                        "so the check sees the switch and not TF32's 10-bit rounding")
     p.add_argument("overrides", nargs="*", help="key=value job overrides")
     return p
 
@@ -527,8 +531,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
-    result = run_check(cfg, args.switch, device, modes=modes, batches=batches, compile_backend=args.compile_backend,
-                       seed=args.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = args.tf32
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    try:
+        result = run_check(cfg, args.switch, device, modes=modes, batches=batches,
+                           compile_backend=args.compile_backend, seed=args.seed)
+    except Exception as err:   # out of memory, a kernel failure...: one JSON line that says so, exit 1
+        traceback.print_exc(file=sys.stderr)
+        print(json.dumps({"bench": "grads", "switch": args.switch, "device": device.type,
+                          "error": f"{type(err).__name__}: {' '.join(str(err).split())[:500]}"}), flush=True)
+        return 1
+    if device.type == "cuda":
+        result["tf32"] = args.tf32
     print(json.dumps(result), flush=True)
     return 0 if result["within_tolerance"] else 1
 
