@@ -198,3 +198,26 @@ def test_augment_flips_half_the_time_unless_no_flip():
         rng = random.Random(1)
         left_white = sum(bool(augment(img, rng)[0, 0, 0] > 0) for _ in range(100))
         assert expected[0] <= left_white <= expected[1]
+
+
+def test_a_server_without_range_requests_is_one_clear_error(demo):
+    import functools
+    import http.server
+    import threading
+
+    class NoRanges(http.server.SimpleHTTPRequestHandler):   # Python's own server ignores Range headers
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(NoRanges, directory=str(demo)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        cfg = _cfg(f"http://127.0.0.1:{server.server_address[1]}")
+        with pytest.raises(DataError, match=r"trainA-00000\d.tar: the server answered a range request with \d+ "
+                                            r"bytes for \d+: it does not serve HTTP ranges"):
+            next(iter(unpaired_loader(resolve_splits(cfg), cfg, rank=0, world_size=1, epoch=0, seed=0)))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -5,6 +5,7 @@
 - ``cutdist.data.inspection``: ``inspect_shards``, ``verify_shards``
 - ``cutdist.data.splits``: ``Splits``, ``resolve_splits`` (driver side, before workers start)
 - ``cutdist.data.stream``: ``unpaired_loader``, ``test_loader``, ``load_test_pairs``, ``steps_per_epoch``
+- ``cutdist.data.indexed``: ``split_index`` (image members' byte offsets from the tar headers), ``MemberReader``
 - ``cutdist.data.transforms``: decoding and the paper's augmentations
 - ``cutdist.data.synth``: the demo domains and ``write_synth_dataset``
 """

@@ -68,7 +68,11 @@ def _open_for_scan(url: str):
         return open(local_path(url), "rb")
     import fsspec
 
-    return fsspec.open(url, "rb", block_size=1 << 20).open()
+    try:
+        return fsspec.open(url, "rb", block_size=1 << 20).open()
+    except ImportError as err:   # gs:// without gcsfs, s3:// without s3fs, ...
+        raise DataError(f"{url}: reading these shards by byte range needs an fsspec filesystem package "
+                        f"({describe_error(err)})") from None
 
 
 def _scan(url: str, number: int, index: SplitIndex) -> None:
@@ -148,6 +152,9 @@ class MemberReader:
         if self.pid != os.getpid():   # forked into a loader worker: descriptors and sessions are the parent's
             self.files, self.filesystems, self.pid = OrderedDict(), {}, os.getpid()
         data = self._read_local(url, offset, size) if not is_url(url) else self._read_remote(url, offset, size)
+        if is_url(url) and len(data) > size:
+            raise DataError(f"{url}: the server answered a range request with {len(data)} bytes for {size}: it "
+                            "does not serve HTTP ranges (Python's http.server does not; nginx, object stores do)")
         if len(data) != size:
             raise OSError(f"read {len(data)} bytes at offset {offset}, expected {size} "
                           "(shard changed since it was indexed, or the server ignores range requests)")

@@ -143,7 +143,11 @@ def resolve_splits(data_cfg) -> Splits:
         if split.startswith("train") and not all(Path(s).name in known for s in shards):
             from cutdist.data.indexed import split_index   # no manifest: count the samples in the tar headers
 
-            return shards, len(split_index(shards))
+            index = split_index(shards)
+            if not len(index) and index.problems:
+                shard, what, reason = index.problems[0]
+                raise DataError(f"data.{key}: no readable sample; {what} of {shard}: {reason}")
+            return shards, len(index)
         return shards, sum(known.get(Path(s).name, 0) for s in shards)
 
     train_a, num_train_a = sized("train_a", "trainA")

@@ -248,6 +248,8 @@ class _UnpairedStream(IterableDataset):
             shard = index.shards[index.shard[i]]
             try:
                 data = reader.read(shard, index.offset[i], index.size[i])
+            except DataError:   # not this sample: the server or the configuration
+                raise
             except Exception as err:   # OSError, a failed range request, ...
                 reason = f"cannot read {index.ext[i]}: {_describe(err)}"
             else:
@@ -302,7 +304,8 @@ def train_index(urls: list[str], domain: str, limit: int = 0) -> SplitIndex:
                             f"readable images")
         index = index.head(limit)
     if not len(index):
-        raise DataError(f"{urls[0]}: no readable sample in any train{domain} shard ({len(urls)} shard(s))")
+        first = f"; {index.problems[0][1]} of {index.problems[0][0]}: {index.problems[0][2]}" if index.problems else ""
+        raise DataError(f"{urls[0]}: no readable sample in any train{domain} shard ({len(urls)} shard(s)){first}")
     return index
 
 
