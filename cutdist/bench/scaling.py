@@ -310,10 +310,10 @@ def main(argv: list[str] | None = None) -> int:
         if not splits.test_gt:
             raise DataError(f"{first.data.root}: no testGT split; the scaling bench needs paired ground truth "
                             "(the synthetic demo domains have it)")
-        uneven = [b for b in batches if splits.num_train_a % b]
+        uneven = [b for b in batches if splits.epoch_size % b]
         if uneven:
-            raise DataError(f"--batches: {uneven} do not divide the {splits.num_train_a} training images of an "
-                            "epoch, so those runs would see more images than the others")
+            raise DataError(f"--batches: {uneven} do not divide the {splits.epoch_size} samples (max(|A|, |B|)) of "
+                            "an epoch, so those runs would see more images than the others")
     except DataError as err:
         print(f"cutdist.bench scaling: {err}", file=sys.stderr)
         return 2
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench": "scaling", "config": str(config_path), "overrides": list(args.overrides), "batches": batches,
         "rules": rules, "seeds": seeds, "workers": 1, "equivalence": "one process, per-rank batch = global batch B "
         "(gradient-equivalent to W workers x B/W under DDP: see cutdist/bench/scaling.py)",
-        "images_seen": epochs * splits.num_train_a, "epochs": [first.optim.epochs, first.optim.epochs_decay],
+        "images_seen": epochs * splits.epoch_size, "epochs": [first.optim.epochs, first.optim.epochs_decay],
         "base_lr": first.optim.lr, "mode": first.model.mode, "lambda_x": first.loss.lambda_x,
         "crop": first.data.crop_size, "device": device.type, "device_name": device_name(device),
         "threads": torch.get_num_threads() if device.type == "cpu" else None, "torch": torch.__version__,
