@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cutdist.model.io import MODEL_FILE, ModelIOError, save_model
 from cutdist.model.official import DEFAULT_NCE_LAYERS, OfficialCheckpointError, convert_official, read_official
+from cutdist.paths import prepare_output_dir
 
 
 def _layers(text: str) -> list[int]:
@@ -46,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     if (out / MODEL_FILE).exists() and not args.force:
         print(f"error: --out: {out / MODEL_FILE} exists (pass --force to overwrite)", file=sys.stderr)
         return 2
+    problem = prepare_output_dir(out, "--out")   # before reading anything
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     source_dir = Path(args.official_dir).expanduser()
     try:
         states = read_official(source_dir, args.epoch)
@@ -54,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         path = save_model(out, parts, cfg, step=0, epoch=0, source=f"official:{source_dir.resolve()}")
     except (OfficialCheckpointError, ModelIOError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:   # e.g. the disk filled up while writing
+        print(f"error: --out: cannot write {out / MODEL_FILE} ({err.strerror or err})", file=sys.stderr)
         return 2
     m = cfg.model
     if m.mode == "sincut":

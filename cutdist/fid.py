@@ -145,6 +145,12 @@ def run(args) -> int:
     kinds = [_kind(p) for p in paths]   # before importing torch: a wrong path fails at once
     if args.save_stats and kinds[0] == "npz":
         raise UsageError(f"--save-stats: {args.path_a} already is statistics")
+    if args.save_stats:   # before any statistics are computed
+        from cutdist.paths import output_file_problem
+
+        problem = output_file_problem(args.save_stats, "--save-stats", suffix=".npz")
+        if problem:
+            raise UsageError(problem)
 
     import torch
 
@@ -154,7 +160,10 @@ def run(args) -> int:
 
     if all(k == "npz" for k in kinds):
         # Nothing to extract: the label comes from the files (pytorch-fid's own npz carry none).
-        labels = {str(load_stats(p, with_meta=True)[2].get("backbone", "")) for p in paths}
+        try:
+            labels = {str(load_stats(p, with_meta=True)[2].get("backbone", "")) for p in paths}
+        except ValueError as err:   # a malformed .npz: load_stats names it
+            raise UsageError(str(err)) from None
         labels.discard("")
         if len(labels) > 1:
             raise UsageError(f"{paths[0]} and {paths[1]}: statistics from different backbones {sorted(labels)}")
@@ -173,8 +182,11 @@ def run(args) -> int:
     if args.save_stats:
         mu, sigma, n, meta = results[0]
         extra = {"features": meta["features"]} if "features" in meta else {}
-        out = save_stats(args.save_stats, mu, sigma, backbone=backbone, n_images=n, source=str(args.path_a),
-                         size=meta["size"], skipped=meta["skipped"], **extra)
+        try:
+            out = save_stats(args.save_stats, mu, sigma, backbone=backbone, n_images=n, source=str(args.path_a),
+                             size=meta["size"], skipped=meta["skipped"], **extra)
+        except OSError as err:   # checked before the work; the disk may still fill up
+            raise UsageError(f"--save-stats: cannot write {args.save_stats} ({err.strerror or err})") from None
         print(f"saved statistics of {args.path_a} ({n} images, backbone: {backbone}) to {out}", file=sys.stderr)
     if len(results) == 2:
         (mu1, s1, n1, _), (mu2, s2, n2, _) = results

@@ -18,8 +18,13 @@ SinCUT's decoder injects noise (its strength is learned, 0 at initialisation): t
 seeded with ``--seed`` (default 0) before every forward, so a run is reproducible and matches the reference's
 generator seeded the same way (``torch.manual_seed(seed)`` before its forward, same device).
 
-A corrupt or non-image file (or a shard sample without an image) is reported on stderr and skipped.
-Exit status: 0 all translated; 1 some inputs were skipped; 2 usage error (bad checkpoint, no input found).
+A corrupt or non-image file (or a shard sample without an image), a shard member refused by the shared reader
+(``cutdist.data.members``: negative or oversized size, too many pixels), an image the generator cannot process
+(out of memory at full resolution: try ``--size``) and an output that cannot be written (a name over 255 bytes,
+a file where a folder goes) are each reported on stderr in one line and skipped; the run goes on. A damaged
+shard keeps the samples before the damage.
+Exit status: 0 all translated; 1 some inputs were skipped; 2 usage error (bad or hostile checkpoint, no input
+found, an --output that is not a writable folder), checked before any image is read.
 """
 from __future__ import annotations
 
@@ -36,9 +41,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from cutdist.data.manifest import DataError
+from cutdist.data.manifest import DataError, printable
 from cutdist.data.members import open_image, tar_headers, tar_members
 from cutdist.model.io import ModelIOError, load_generator
+from cutdist.paths import prepare_output_dir
 
 IMAGE_EXTENSIONS = {"jpg", "jpeg", "png", "ppm", "pgm", "pbm", "bmp", "webp", "tif", "tiff", "gif"}
 _SHARD_INDEX = re.compile(r"-\d+$")
@@ -174,23 +180,42 @@ def translate(generator: torch.nn.Module, items: Iterator[Item], output: Path, *
     ``seed`` before every forward (SinCUT's noise injection)."""
     summary = Summary()
     written: set[str] = set()
-    pending: list[tuple[str, torch.Tensor]] = []
+    pending: list[tuple[str, str, torch.Tensor]] = []
 
     def skip(label: str, reason: str) -> None:
         summary.skipped += 1
-        tqdm.write(f"skipped {label}: {reason}", file=sys.stderr)
+        tqdm.write(f"skipped {printable(label)}: {printable(reason)}", file=sys.stderr)
+
+    def generate(batch: list[tuple[str, str, torch.Tensor]]) -> list[tuple[str, str, torch.Tensor]]:
+        """(stem, label, output) of the batch; when the generator fails (out of memory at full resolution),
+        each image alone, and an image that still fails is skipped: the rest of the run goes on."""
+        try:
+            torch.manual_seed(seed)
+            with torch.no_grad():
+                fake = generator(torch.stack([x for _, _, x in batch]).to(device))
+            return [(stem, label, y) for (stem, label, _), y in zip(batch, fake)]
+        except (RuntimeError, MemoryError) as err:   # torch.OutOfMemoryError is a RuntimeError
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(batch) > 1:
+                return [out for one in batch for out in generate([one])]
+            stem, label, x = batch[0]
+            first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+            skip(label, f"the generator failed on this {x.shape[-1]}x{x.shape[-2]} image ({type(err).__name__}: "
+                        f"{first}); try --size")
+            return []
 
     def flush() -> None:
         if not pending:
             return
-        batch = torch.stack([x for _, x in pending]).to(device)
-        torch.manual_seed(seed)
-        with torch.no_grad():
-            fake = generator(batch)
-        for (stem, _), y in zip(pending, fake):
+        for stem, label, y in generate(list(pending)):
             target = output / f"{stem}.png"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(to_uint8(y)).save(target)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(to_uint8(y)).save(target)
+            except (OSError, ValueError) as err:   # name too long, a file where a folder goes, disk full...
+                skip(label, f"cannot write {target} ({getattr(err, 'strerror', None) or err})")
+                continue
             summary.translated += 1
         pending.clear()
 
@@ -213,9 +238,9 @@ def translate(generator: torch.nn.Module, items: Iterator[Item], output: Path, *
                 skip(item.label, f"not a readable image ({type(err).__name__}: {str(err)[:120]})")
                 continue
             written.add(item.out_stem)
-            if pending and pending[0][1].shape != x.shape:
+            if pending and pending[0][2].shape != x.shape:
                 flush()
-            pending.append((item.out_stem, x))
+            pending.append((item.out_stem, item.label, x))
             if len(pending) >= batch_size:
                 flush()
         flush()
@@ -249,17 +274,22 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as err:
         print(f"error: --device: {err}", file=sys.stderr)
         return 2
+    output = Path(args.output).expanduser()
     try:
-        generator, cfg = load_generator(args.checkpoint, device)
+        generator, cfg = load_generator(args.checkpoint, "cpu")   # checked and built on the CPU first
         total, items = collect_inputs(args.input)
     except (ModelIOError, InputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    try:
+        generator.to(device)
     except (RuntimeError, AssertionError) as err:   # e.g. a CUDA device that is not there
         print(f"error: --device {device}: {str(err).strip().splitlines()[0]}", file=sys.stderr)
         return 2
-    output = Path(args.output).expanduser()
-    output.mkdir(parents=True, exist_ok=True)
+    problem = prepare_output_dir(output, "--output")
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     resample = Image.BILINEAR if cfg.model.mode == "sincut" else Image.BICUBIC
     summary = translate(generator, items, output, size=args.size, batch_size=args.batch_size, device=device,
                         total=total, resample=resample, seed=args.seed)

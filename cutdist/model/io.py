@@ -120,11 +120,48 @@ def load_model(ckpt_dir: str | Path, map_location: str | torch.device = "cpu") -
     missing = [k for k in ("g", "config", "step", "epoch") if k not in payload]
     if missing or not isinstance(payload["g"], Mapping):
         raise ModelIOError(f"{path}: incomplete checkpoint (missing {missing or ['g state dict']})")
+    if not isinstance(payload["config"], Mapping):
+        raise ModelIOError(f"{path}: stored config is a {type(payload['config']).__name__}, not a mapping")
     try:
         cfg = config_mod.from_dict(payload["config"], validate_config=False, stored=True)
     except config_mod.ConfigError as err:
         raise ModelIOError(f"{path}: stored config: {err}") from None
+    except Exception as err:  # noqa: BLE001 - a hostile config must not surface as a traceback
+        raise ModelIOError(f"{path}: stored config unusable ({type(err).__name__}: {err})") from None
     return payload, cfg
+
+
+def check_generator_config(cfg: JobConfig, state: Mapping[str, Any], what: str) -> None:
+    """ModelIOError unless the stored config's generator (ngf, n_blocks, antialias) is the one its weights
+    describe: checked on the state dict, before anything is built, so a hostile config (n_blocks=10^8) costs
+    nothing."""
+    from cutdist.model.official import OfficialCheckpointError, infer_generator
+
+    try:
+        arch = infer_generator(state, what)
+    except (OfficialCheckpointError, AttributeError, IndexError, TypeError) as err:
+        raise ModelIOError(f"{what}: not a generator state dict ({err})") from None
+    for key in ("ngf", "n_blocks", "antialias"):
+        stored = getattr(cfg.model, key)
+        if type(stored) is not type(arch[key]) or stored != arch[key]:
+            raise ModelIOError(f"{what}: the stored config says model.{key}={stored!r} but the stored weights "
+                               f"have {arch[key]!r}")
+
+
+def check_sincut_generator_config(cfg: JobConfig, state: Mapping[str, Any], what: str) -> None:
+    """The SinCUT (StyleGAN2-style) generator's counterpart of ``check_generator_config``: n_blocks from the
+    encoder's residual blocks in the weights, ngf and crop size within the range convert accepts."""
+    import re
+
+    blocks = {m.group(1) for k in state if (m := re.fullmatch(r"encoder\.convs\.(\d+)\.conv1\.0\.weight", str(k)))}
+    n_blocks = 2 * (len(blocks) - 1)
+    if cfg.model.n_blocks != n_blocks:
+        raise ModelIOError(f"{what}: the stored config says model.n_blocks={cfg.model.n_blocks!r} but the stored "
+                           f"weights have {n_blocks}")
+    if not (isinstance(cfg.model.ngf, int) and 1 <= cfg.model.ngf <= 1024):
+        raise ModelIOError(f"{what}: the stored config says model.ngf={cfg.model.ngf!r}, outside 1..1024")
+    if not (isinstance(cfg.data.crop_size, int) and 8 <= cfg.data.crop_size <= 4096):
+        raise ModelIOError(f"{what}: the stored config says data.crop_size={cfg.data.crop_size!r}, outside 8..4096")
 
 
 def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
@@ -149,11 +186,14 @@ def load_generator(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> 
     """The checkpoint's generator (ResNet for cut/fastcut, StyleGAN2-style for sincut), built from its stored config,
     on ``device``, in eval mode, frozen."""
     payload, cfg = load_model(ckpt_dir)
+    what = f"{model_file(ckpt_dir)}: generator"
     if cfg.model.mode == "sincut":
         from cutdist.model.sincut import build_sincut_generator
 
+        check_sincut_generator_config(cfg, payload["g"], what)
         g = build_sincut_generator(cfg)
     else:
+        check_generator_config(cfg, payload["g"], what)
         g = build_generator(cfg)
     check_state_dict(g, payload["g"], f"{model_file(ckpt_dir)}: generator")
     g.load_state_dict(payload["g"])
