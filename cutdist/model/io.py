@@ -134,7 +134,7 @@ def load_model(ckpt_dir: str | Path, map_location: str | torch.device = "cpu") -
 def check_generator_config(cfg: JobConfig, state: Mapping[str, Any], what: str) -> None:
     """ModelIOError unless the stored config's generator (ngf, n_blocks, antialias) is the one its weights
     describe: checked on the state dict, before anything is built, so a hostile config (n_blocks=10^8) costs
-    nothing."""
+    nothing. (A generator family other than the ResNet one needs its own such check here.)"""
     from cutdist.model.official import OfficialCheckpointError, infer_generator
 
     try:
