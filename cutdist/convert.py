@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cutdist.model.io import MODEL_FILE, ModelIOError, save_model
 from cutdist.model.official import DEFAULT_NCE_LAYERS, OfficialCheckpointError, convert_official, read_official
-from cutdist.paths import prepare_output_dir
+from cutdist.paths import output_dir_problem
 
 
 def _layers(text: str) -> list[int]:
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if (out / MODEL_FILE).exists() and not args.force:
         print(f"error: --out: {out / MODEL_FILE} exists (pass --force to overwrite)", file=sys.stderr)
         return 2
-    problem = prepare_output_dir(out, "--out")   # before reading anything
+    problem = output_dir_problem(out, "--out")   # before reading anything
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2

@@ -39,3 +39,18 @@ def prepare_output_dir(path: str | Path, flag: str) -> str | None:
     if not os.access(p, os.W_OK | os.X_OK):
         return f"{flag}: {path} is not writable"
     return None
+
+
+def output_dir_problem(path: str | Path, flag: str) -> str | None:
+    """Why the folder ``path`` could not be created or written, or None; creates nothing."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        return f"{flag}: {path} exists and is not a folder"
+    existing = p
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{flag}: cannot create {path} ({existing} is not a folder)"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{flag}: {existing} is not writable"
+    return None
