@@ -2,6 +2,10 @@
 
   --train-a PATTERN --train-b PATTERN [--workers W] [--batches N] [--batch-size B] [--crop S] [--load L]
   [--preprocess P] [--compare-sequential] [--rounds R] [--compare-imagefolder [DIR]]
+  --frames N [--rounds R] [--max-side 1024] [--quality 95] [--gpu-peak-tflops T] [--mfu F] [--crop ...]
+
+With ``--frames N`` no shards are given: synthetic full-size GTA5/Cityscapes frames are written, stored as PNG
+and as re-encoded JPEG, and read per CPU core, with the cores a GPU needs (``cutdist.bench.frames``).
 
 The stream is the training one (``unpaired_loader``, rank 0 of 1); a batch holds B images of A and B of B,
 so images/s counts 2B per batch, timed after ``--warmup`` batches (worker start-up is reported apart); it
@@ -32,8 +36,8 @@ from cutdist.data.manifest import DataError
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cutdist.bench data", description=__doc__.splitlines()[0])
-    parser.add_argument("--train-a", required=True, help="shards of domain A (brace pattern, glob or URL)")
-    parser.add_argument("--train-b", required=True, help="shards of domain B")
+    parser.add_argument("--train-a", help="shards of domain A (brace pattern, glob or URL)")
+    parser.add_argument("--train-b", help="shards of domain B")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     parser.add_argument("--batches", type=int, default=50, help="batches timed (after the warm-up)")
     parser.add_argument("--warmup", type=int, default=2, help="batches read before timing starts")
@@ -44,32 +48,38 @@ def _parser() -> argparse.ArgumentParser:
                         choices=["resize_and_crop", "scale_width_and_crop", "none"])
     parser.add_argument("--compare-sequential", action="store_true",
                         help="also time the sequential shard stream (before issue 12) on the same shards")
-    parser.add_argument("--rounds", type=int, default=1, help="with --compare-sequential: alternations")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="alternations of what is compared (--compare-sequential, --frames)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch intra-op threads of this process (default 1: the loaders are measured, not "
                              "torch's thread pool; 0 keeps torch's default)")
     parser.add_argument("--compare-imagefolder", nargs="?", const="auto", default=None, metavar="DIR",
                         help="also time torchvision ImageFolder on the same images as files (DIR or extracted)")
+    from cutdist.bench.frames import add_arguments
+
+    add_arguments(parser)
     return parser
 
 
-def _time(batches, count_images, warmup: int) -> tuple[float, float, int, int]:
-    """(seconds until the warm-up batches arrived, images/s after them, images timed, skipped samples)."""
+def _time(batches, count_images, warmup: int) -> tuple[float, float, int, int, float]:
+    """(seconds until the warm-up batches arrived, images/s after them, images timed, skipped samples,
+    images per CPU-second of this process after them: with no loader workers, the rate of one core whatever
+    else the machine is doing)."""
     start = time.perf_counter()
-    timed_from = start
+    timed_from, cpu_from = start, time.process_time()
     images = skipped = 0
     for i, batch in enumerate(batches):
         if isinstance(batch, dict):
             skipped += batch["skipped"]
         if i < warmup:
-            timed_from = time.perf_counter()
+            timed_from, cpu_from = time.perf_counter(), time.process_time()
             continue
         images += count_images(batch)
-    end = time.perf_counter()
+    end, cpu_end = time.perf_counter(), time.process_time()
     if images == 0:
         raise DataError("bench data: no batch was timed (raise --batches)")
-    return timed_from - start, images / (end - timed_from), images, skipped
+    return timed_from - start, images / (end - timed_from), images, skipped, images / max(cpu_end - cpu_from, 1e-9)
 
 
 def _data_cfg(args):
@@ -96,8 +106,10 @@ def _epochs(splits, cfg, seed: int, count: int):
 def bench_stream(args, splits) -> dict:
     cfg = _data_cfg(args)
     batches = _epochs(splits, cfg, args.seed, args.batches + args.warmup)
-    startup, rate, images, skipped = _time(batches, lambda b: b["a"].shape[0] + b["b"].shape[0], args.warmup)
-    return {"images_per_s": round(rate, 2), "startup_s": round(startup, 3), "images_timed": images,
+    startup, rate, images, skipped, per_cpu_s = _time(batches, lambda b: b["a"].shape[0] + b["b"].shape[0],
+                                                      args.warmup)
+    return {"images_per_s": round(rate, 2), "images_per_cpu_s": round(per_cpu_s, 2), "startup_s": round(startup, 3),
+            "images_timed": images,
             "skipped": skipped, "train_a_shards": len(splits.train_a), "train_b_shards": len(splits.train_b),
             "epoch_size": splits.epoch_size}
 
@@ -153,7 +165,7 @@ def bench_sequential(args, splits) -> dict:
     loader = DataLoader(dataset, batch_size=None, num_workers=args.workers,
                         prefetch_factor=2 if args.workers else None)
     batches = islice(iter(loader), args.batches + args.warmup)
-    startup, rate, images, _ = _time(batches, lambda b: b["a"].shape[0] + b["b"].shape[0], args.warmup)
+    startup, rate, images, _, _ = _time(batches, lambda b: b["a"].shape[0] + b["b"].shape[0], args.warmup)
     return {"sequential_images_per_s": round(rate, 2), "sequential_startup_s": round(startup, 3)}
 
 
@@ -210,7 +222,7 @@ def bench_imagefolder(args, folder: Path) -> dict:
                             generator=torch.Generator().manual_seed(args.seed))
     loader = DataLoader(dataset, batch_size=per_batch, sampler=sampler, num_workers=args.workers,
                         drop_last=True)
-    startup, rate, images, _ = _time(loader, lambda b: b[0].shape[0], args.warmup)
+    startup, rate, images, _, _ = _time(loader, lambda b: b[0].shape[0], args.warmup)
     return {"imagefolder_images_per_s": round(rate, 2), "imagefolder_startup_s": round(startup, 3),
             "imagefolder_images": len(dataset)}
 
@@ -240,6 +252,18 @@ def _run(args) -> int:
                   "load": args.load, "preprocess": args.preprocess, "torch_threads": args.torch_threads}
         from cutdist.data.splits import resolve_splits
 
+        if args.frames:
+            if args.train_a or args.train_b or args.compare_imagefolder or args.compare_sequential:
+                raise DataError("bench data: --frames makes its own shards; leave out --train-a/--train-b/"
+                                "--compare-imagefolder/--compare-sequential")
+            from cutdist.bench.frames import run_frames
+
+            args.workers = result["workers"] = 0
+            result.update(run_frames(args, lambda a: bench_stream(a, resolve_splits(_data_cfg(a)))))
+            print(json.dumps(result))
+            return 0
+        if not (args.train_a and args.train_b):
+            raise DataError("bench data: give --train-a and --train-b shards, or --frames N")
         splits = resolve_splits(_data_cfg(args))
         if args.compare_sequential:   # alternated, so a machine shared with others disturbs both alike
             if args.rounds < 1:

@@ -54,6 +54,11 @@ class WriteReport:
     def images_per_s(self) -> float:
         return self.timing["images"] / self.timing["seconds"] if self.timing.get("seconds") else 0.0
 
+    def images_per_cpu_s(self) -> float:
+        """Images per CPU-second spent writing (this process and its workers): one process's rate on a core of
+        its own, whatever else the machine is doing."""
+        return self.timing["images"] / self.timing["cpu_seconds"] if self.timing.get("cpu_seconds") else 0.0
+
     def summary(self, limit: int = 50) -> str:
         lines = [f"wrote {self.out_dir}"]
         for split, count in self.counts.items():
@@ -62,7 +67,7 @@ class WriteReport:
             t = self.timing
             rate = self.images_per_s()
             lines.append(f"  {t['encoding']}; {t['images']} images in {t['seconds']:.1f} s: {rate:.2f} images/s "
-                         f"over {t['workers']} process(es), {rate / t['workers']:.2f} per process"
+                         f"over {t['workers']} process(es), {self.images_per_cpu_s():.2f} per CPU-second"
                          + (f" ({t['resumed_images']} done by an earlier, interrupted run)"
                             if t['resumed_images'] else ""))
         lines.append(f"  skipped: {len(self.skipped)}")
@@ -557,7 +562,7 @@ def write_splits(sources: dict[str, str | Path], out_dir: str | Path, *, holdout
         partial.mkdir(parents=True)
         plan_file.write_text(json.dumps(identity))
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), _cpu_seconds()
     results: dict[str, dict] = {}
     tasks = []
     for split, shards in identity["plan"].items():
@@ -572,7 +577,7 @@ def write_splits(sources: dict[str, str | Path], out_dir: str | Path, *, holdout
     todo = total - resumed
     with tqdm(total=total, initial=resumed, unit="img", desc="shards write", disable=not progress) as bar:
         _run_tasks(tasks, workers, bar)
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, _cpu_seconds() - cpu_started
 
     report = WriteReport(out_dir=out, skipped=[tuple(s) for s in skipped])
     rows: list[dict] = []
@@ -600,9 +605,17 @@ def write_splits(sources: dict[str, str | Path], out_dir: str | Path, *, holdout
         shutil.rmtree(partial, ignore_errors=True)
         raise
     _commit(partial, out, existing.existing_rows, rows, report.shards)
-    report.timing = {"seconds": seconds, "images": todo, "workers": max(1, min(workers, len(tasks))),
+    report.timing = {"seconds": seconds, "cpu_seconds": cpu_seconds, "images": todo, "workers": max(1, min(workers, len(tasks))),
                      "resumed_images": resumed, "encoding": encoding.describe()}
     return report
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the pool's workers, once joined)."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def _commit(partial: Path, out: Path, existing_rows: list[dict], rows: list[dict],
