@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from webdataset.tariterators import base_plus_ext
 
 from cutdist.data.manifest import DataError, describe_error, is_url, local_path
+from cutdist.data.members import MemberError, check_member
 from cutdist.data.transforms import image_field
 
 OPEN_FILES = 64   # local shard files a reader keeps open
@@ -108,6 +109,7 @@ def _scan(url: str, number: int, index: SplitIndex) -> None:
     try:
         with tarfile.open(fileobj=stream, mode="r:") as tar:
             for member in tar:
+                check_member(member, url)   # the shared bounds (cutdist.data.members): a size < 0 loops tarfile
                 if not member.isreg():
                     continue
                 key, ext = base_plus_ext(member.name)
@@ -121,7 +123,8 @@ def _scan(url: str, number: int, index: SplitIndex) -> None:
             current = None
     except Exception as err:   # tarfile.ReadError (truncated, not a tar), a failed range request, ...
         what = f"the rest of the shard after key {last}" if last else "the whole shard"
-        index.problems.append((url, what, f"{err.__class__.__name__}: {describe_error(err)}"))
+        reason = err.reason if isinstance(err, MemberError) else describe_error(err)
+        index.problems.append((url, what, f"{err.__class__.__name__}: {reason}"))
     finally:
         stream.close()
 

@@ -7,7 +7,8 @@ earlier header forever) or read members with webdataset's ``tar_file_iterator`` 
 - ``tar_members(stream, where)``: (name, bytes) of each regular member, streaming (``r|*``: plain or compressed,
   never seeks), one member in memory at a time. A member whose header declares a negative size, or more than
   ``MAX_MEMBER_BYTES``, ends the shard with a ``MemberError`` *before* its data is read: a gzip bomb (1 GiB of
-  zeros in 1 MB) costs a header, not a gigabyte. Names starting ``__`` and ending ``__`` (webdataset's meta
+  zeros in 1 MB) costs a header, not a gigabyte. ``check_member(info, where)`` is that header check alone, for
+  readers that index tar headers and read members by offset later (``data.indexed``, the training stream). Names starting ``__`` and ending ``__`` (webdataset's meta
   files) are skipped as webdataset skips them.
 - ``open_image(data, where)``: a lazily opened PIL image whose declared width x height was checked against
   ``MAX_IMAGE_PIXELS`` before any pixel is decoded (``check_pixels`` does the same for decoders other than PIL).
@@ -57,6 +58,18 @@ def _unreadable(err: BaseException, after: str | None) -> str:
             + (f" (after member {after!r})" if after else ""))
 
 
+def check_member(info: tarfile.TarInfo, where: str, max_bytes: int | None = None) -> None:
+    """MemberError when a tar header declares a negative size (random-access ``tarfile`` would then go back to
+    an earlier header forever) or, for a regular file, more than ``MAX_MEMBER_BYTES``. Readers that index headers
+    themselves (``data.indexed``) call it on every header before using it."""
+    if info.size < 0:
+        raise MemberError(where, f"member {info.name!r} declares a negative size ({info.size}); damaged or hostile "
+                                 "shard")
+    limit = MAX_MEMBER_BYTES if max_bytes is None else max_bytes
+    if info.isreg() and info.size > limit:
+        raise MemberError(where, _bound_message(f"member {info.name!r}", info.size, limit, "CUTDIST_MAX_MEMBER_MB"))
+
+
 def tar_members(stream: IO[bytes], where: str, *, max_bytes: int | None = None) -> Iterator[tuple[str, bytes]]:
     """(member name, data) of each regular member of the tar stream ``stream`` (``where`` names it in errors).
 
@@ -69,14 +82,9 @@ def tar_members(stream: IO[bytes], where: str, *, max_bytes: int | None = None) 
         for info in tar:
             tar.members = []   # a streaming TarFile keeps every header otherwise
             name = info.name
-            if info.size < 0:
-                raise MemberError(where, f"member {name!r} declares a negative size ({info.size}); damaged "
-                                         "or hostile shard")
+            check_member(info, where, limit)
             if not info.isreg() or _META.match(name):
                 continue
-            if info.size > limit:
-                raise MemberError(where, _bound_message(f"member {name!r}", info.size, limit,
-                                                       "CUTDIST_MAX_MEMBER_MB"))
             handle = tar.extractfile(info)
             data = handle.read() if handle is not None else b""
             if len(data) != info.size:
@@ -95,9 +103,7 @@ def tar_headers(stream: IO[bytes], where: str) -> Iterator[str]:
         tar = tarfile.open(fileobj=stream, mode="r|*")
         for info in tar:
             tar.members = []
-            if info.size < 0:
-                raise MemberError(where, f"member {info.name!r} declares a negative size ({info.size}); "
-                                         "damaged or hostile shard")
+            check_member(info, where, max_bytes=float("inf"))
             if info.isreg() and not _META.match(info.name):
                 yield info.name
     except MemberError:
