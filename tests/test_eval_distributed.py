@@ -1,4 +1,4 @@
-"""Two real torch.distributed (gloo) processes: all-reduced statistics and FID equal one process's."""
+"""Two real torch.distributed (gloo) processes: all-reduced statistics, FID and KID equal one process's."""
 from __future__ import annotations
 
 import json
@@ -54,14 +54,14 @@ def _worker(rank: int, world: int, tmp: str, urls: list[str], weights: str) -> N
             yield keys, images
 
     result = fid_during_training(_translate, batches(), model=model, backbone=backbone, ref_mu=ref["mu"],
-                                 ref_sigma=ref["sigma"], device="cpu")
+                                 ref_sigma=ref["sigma"], device="cpu", ref_features=ref["features"])
     with open(f"{tmp}/fid-{rank}.json", "w") as fh:
         json.dump({**result, "keys": seen}, fh)
     dist.destroy_process_group()
     if rank == 0:   # the same evaluation in one process (no process group), all 5 images in one batch
         single = fid_during_training(_translate, test_loader(urls, rank=0, world_size=1, size=32, batch_size=5),
                                      model=model, backbone=backbone, ref_mu=ref["mu"], ref_sigma=ref["sigma"],
-                                     device="cpu")
+                                     device="cpu", ref_features=ref["features"])
         with open(f"{tmp}/fid-single.json", "w") as fh:
             json.dump(single, fh)
 
@@ -76,7 +76,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, monkeypatch):
     assert len(urls) == 3   # 2 + 2 + 1 images
     rng = np.random.default_rng(0)
     ref_acts = np.abs(rng.normal(0.4, 0.3, (40, DIM)))
-    np.savez(tmp_path / "ref.npz", mu=ref_acts.mean(0), sigma=np.cov(ref_acts, rowvar=False))
+    np.savez(tmp_path / "ref.npz", mu=ref_acts.mean(0), sigma=np.cov(ref_acts, rowvar=False), features=ref_acts)
 
     # one BLAS thread per rank: two ranks share this machine's cores (and OpenBLAS degrades badly when oversubscribed)
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
@@ -103,3 +103,8 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, monkeypatch):
     assert "sha256" in single["backbone"]
     assert single["fid"] > 1.0
     assert results[0]["fid"] == pytest.approx(single["fid"], rel=1e-6)
+    # KID from all-gathered features (key order): the same on both ranks and as in one process
+    assert results[0]["kid"] == results[1]["kid"] and results[0]["kid_std"] == results[1]["kid_std"]
+    assert results[0]["kid_subset_size"] == 5 and results[0]["kid_std"] > 0   # 5 of 5 generated, 5 of 40 refs
+    assert results[0]["kid"] == pytest.approx(single["kid"], rel=1e-6, abs=1e-9)
+    assert results[0]["kid_std"] == pytest.approx(single["kid_std"], rel=1e-6)

@@ -128,10 +128,10 @@ SPACE = {"params": {"loss.lambda_x": {"loguniform": [0.1, 10.0]},
 LABEL = "RANDOM-INIT-INCEPTION(seed=0) — not a real FID"
 
 
-def summary(tid, lam, layers, status, fid, tmp_path, epochs=2.0) -> TrialSummary:
+def summary(tid, lam, layers, status, fid, tmp_path, epochs=2.0, metric="fid", kid=math.nan) -> TrialSummary:
     ckpt = tmp_path / "runs" / tid / "checkpoint_000000008"
     return TrialSummary(trial_id=tid, sampled={"loss.lambda_x": lam, "loss.nce_layers": layers}, status=status,
-                        best_fid=fid, fid_backbone=LABEL if not math.isnan(fid) else "",
+                        metric=metric, best_fid=fid, best_kid=kid, best_kid_std=0.01, fid_backbone=LABEL if not math.isnan(fid) else "",
                         fid_real=False if not math.isnan(fid) else None, epochs_reached=epochs,
                         steps_reached=int(4 * epochs), planned_steps=8, evaluations=int(epochs),
                         best_checkpoint=str(ckpt) if not math.isnan(fid) else "", run_dir=str(ckpt.parent),
@@ -143,7 +143,7 @@ def test_leaderboard_plot_and_best_config(tmp_path, shards):
     from PIL import Image
 
     s = parse_space(SPACE, yaml.safe_load(SMOKE_JOB.read_text()), {"data.root": str(shards)})
-    rows = [summary("a_00000", 1.0, "all", TERMINATED, 500.0, tmp_path),
+    rows = [summary("a_00000", 1.0, "all", TERMINATED, 500.0, tmp_path, kid=0.12),
             summary("a_00001", 0.2, "no_pixels", STOPPED_EARLY, 900.0, tmp_path, epochs=1.0),
             summary("a_00002", 5.0, "all", ERROR, math.nan, tmp_path, epochs=0.0)]
     parquet, csv = write_leaderboard(rows, s, tmp_path)
@@ -163,7 +163,7 @@ def test_leaderboard_plot_and_best_config(tmp_path, shards):
     assert (cfg.name, cfg.loss.lambda_x, cfg.loss.nce_layers) == ("sweep-best", 1.0, [0, 4, 8, 12])
     assert cfg.to_dict() == {**s.trial_config(rows[0].sampled).to_dict(), "name": "sweep-best",
                              "storage_path": str(tmp_path)}
-    assert "best FID 500.0000 [RANDOM-INIT-INCEPTION" in best.read_text().splitlines()[2]
+    assert "ranked by FID: best FID 500.0000, best KID 0.12000 [RANDOM-INIT-INCEPTION" in best.read_text().splitlines()[2]
 
 
 def test_plot_without_any_fid_still_writes_a_png(tmp_path):
@@ -205,6 +205,24 @@ def test_summaries_from_results_classify_each_trial(tmp_path, shards):
     assert (best.best_fid, best.best_checkpoint, best.epochs_reached, best.evaluations) == (550.0, "/c8", 2.0, 2)
     assert out[1].steps_reached == 4 and out[2].error == "ValueError: mu1 has non-finite values"
     assert out[0].run_dir == f"{tmp_path}/runs/x_00000"
+
+    # metric: kid ranks the trials and picks each one's best evaluation by KID (FID's best stays reported)
+    by_kid = parse_space({**SPACE, "metric": "kid"}, yaml.safe_load(SMOKE_JOB.read_text()),
+                         {"data.root": str(shards), "train.num_workers": 1, "optim.max_steps": 0})
+    with_kid = [FakeResult(tmp_path / "trial_y_00000", {"loss.lambda_x": 1.0, "loss.nce_layers": "all"},
+                           [{"fid": 600.0, "kid": 0.05, "kid_std": 0.01, "epoch": 1.0, "step": 4,
+                             "checkpoint_path": "/k4", **fid},
+                            {"fid": 550.0, "kid": 0.07, "kid_std": 0.02, "epoch": 2.0, "step": 8,
+                             "checkpoint_path": "/k8", **fid}]),
+                FakeResult(tmp_path / "trial_y_00001", {"loss.lambda_x": 3.0, "loss.nce_layers": "all"},
+                           [{"fid": 500.0, "kid": 0.06, "kid_std": 0.01, "epoch": 2.0, "step": 8,
+                             "checkpoint_path": "/m8", **fid}])]
+    ranked = summarise(with_kid, by_kid, lambda cfg: 8, str(tmp_path), {"y_00000": "TERMINATED", "y_00001": "TERMINATED"})
+    assert [o.trial_id for o in ranked] == ["y_00000", "y_00001"]   # by KID, although y_00001 has the best FID
+    assert (ranked[0].score, ranked[0].best_kid, ranked[0].best_kid_std, ranked[0].best_fid) == (0.05, 0.05, 0.01, 550.0)
+    assert ranked[0].best_checkpoint == "/k4" and ranked[0].metric == "kid"
+    board = write_leaderboard(ranked, by_kid, tmp_path)[1].read_text().splitlines()
+    assert board[0].startswith("rank,trial_id,status,metric,best_fid,best_kid,best_kid_std,")
 
 
 def test_error_line_picks_the_cause():

@@ -3,7 +3,9 @@
 Each rank translates its own share of testA (``cutdist.data.stream.test_loader`` gives every image to exactly
 one rank), accumulates Inception sufficient statistics, and the statistics are all-reduced, so the FID is
 that of the whole split, whatever the number of ranks. Rank 0 computes the Fréchet distance and broadcasts
-it: every rank returns the same dict. Translations are scored as float images in [0, 1] (no 8-bit rounding
+it: every rank returns the same dict. With the reference's features (``ref_features``) the same activations
+also give the KID (``cutdist.eval.kid``): every rank's features are all-gathered (in image-key order, so the
+subsets drawn do not depend on the number of ranks), rank 0 computes it and broadcasts it with the FID. Translations are scored as float images in [0, 1] (no 8-bit rounding
 as saving PNGs would add).
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch.nn as nn
 
 from cutdist.eval.frechet import frechet_distance
 from cutdist.eval.inception import FEATURE_DIM, activations, is_official_backbone
+from cutdist.eval.kid import KID_SUBSET_SIZE, KID_SUBSETS, gather_features, kid
 from cutdist.eval.stats import ActivationStats
 
 
@@ -32,38 +35,59 @@ def _images(batch: Any) -> torch.Tensor:
     raise TypeError(f"fid_during_training: cannot find the images in a batch of type {type(batch).__name__}")
 
 
-def _broadcast_from_rank0(value: float) -> float:
+def _keys(batch: Any, count: int) -> list[str] | None:
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], (list, tuple)) \
+            and len(batch[0]) == count:
+        return [str(k) for k in batch[0]]
+    return None
+
+
+def _broadcast_from_rank0(values: list[float]) -> list[float]:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return value
+        return values
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
         else torch.device("cpu")
-    buffer = torch.tensor([value], dtype=torch.float64, device=device)
+    buffer = torch.tensor(values, dtype=torch.float64, device=device)
     dist.broadcast(buffer, src=0)
-    return float(buffer.item())
+    return [float(v) for v in buffer.tolist()]
 
 
 def fid_during_training(translate: Callable[[torch.Tensor], torch.Tensor], batches: Iterable, *,
                         model: nn.Module, backbone: str, ref_mu: np.ndarray, ref_sigma: np.ndarray,
-                        device: str | torch.device, batch_size: int = 50) -> dict[str, Any]:
+                        device: str | torch.device, batch_size: int = 50, ref_features: np.ndarray | None = None,
+                        kid_subsets: int = KID_SUBSETS, kid_subset_size: int = KID_SUBSET_SIZE) -> dict[str, Any]:
     """FID between ``translate`` applied to this rank's ``batches`` (all ranks together) and the reference.
 
     ``translate(x) -> y``: both in [-1, 1], ``[B, 3, H, W]``; called under ``torch.no_grad``. ``batches``:
     this rank's share of ``test_loader`` (``(keys, images)``) or bare tensors. Every rank must call this
     (collectives inside). Returns ``{"fid", "backbone", "real_fid", "n_images"}``, the same on every rank;
     ``real_fid`` is True only for pytorch-fid's official weights file (False for the random backbone or any other
-    weights).
+    weights). With ``ref_features`` (the reference images' activations, ``[n, 2048]``) it also holds ``kid``,
+    ``kid_std``, ``kid_subset_size`` and ``kid_subsets``.
     """
     stats = ActivationStats(FEATURE_DIM)
+    want_kid = ref_features is not None
+    feats: list[np.ndarray] = []
+    keys: list[str] | None = [] if want_kid else None
     with torch.no_grad():
         for batch in batches:
             x = _images(batch)
             if x.shape[0] == 0:
                 continue
             y = translate(x.to(device))
-            stats.update(activations(model, ((y.float() + 1) / 2).clamp(0, 1), batch_size=batch_size))
+            acts = activations(model, ((y.float() + 1) / 2).clamp(0, 1), batch_size=batch_size)
+            stats.update(acts)
+            if want_kid:
+                feats.append(np.asarray(acts, dtype=np.float32))
+                batch_keys = _keys(batch, x.shape[0])
+                keys = None if batch_keys is None or keys is None else keys + batch_keys
     stats.all_reduce()
+    if want_kid:   # every rank: a collective; keyless batches (bare tensors) keep rank order
+        local = np.concatenate(feats) if feats else np.zeros((0, FEATURE_DIM), np.float32)
+        gathered = gather_features(local, keys if _all_ranks_agree(keys is not None) else None)
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-    fid = float("nan")
+    fid = kid_mean = kid_std = float("nan")
+    kid_size = 0.0
     if stats.n < 2:
         raise ValueError(f"fid_during_training: the test split gave {stats.n} image(s) across all ranks; "
                          "FID needs at least 2")
@@ -72,11 +96,28 @@ def fid_during_training(translate: Callable[[torch.Tensor], torch.Tensor], batch
         try:
             mu, sigma = stats.mu_sigma()
             fid = frechet_distance(mu, sigma, ref_mu, ref_sigma)
+            if want_kid:
+                result = kid(gathered, ref_features, subsets=kid_subsets, subset_size=kid_subset_size)
+                kid_mean, kid_std, kid_size = result.mean, result.std, float(result.subset_size)
         except ValueError as err:   # still broadcast, so the other ranks do not wait forever
             failure = err
-    fid = _broadcast_from_rank0(fid)
+    fid, kid_mean, kid_std, kid_size = _broadcast_from_rank0([fid, kid_mean, kid_std, kid_size])
     if failure is not None:
         raise failure
-    if not np.isfinite(fid):
-        raise RuntimeError("fid_during_training: rank 0 failed to compute the FID (see its log)")
-    return {"fid": fid, "backbone": backbone, "real_fid": is_official_backbone(backbone), "n_images": stats.n}
+    if not np.isfinite(fid) or (want_kid and not np.isfinite(kid_mean)):
+        raise RuntimeError("fid_during_training: rank 0 failed to compute the FID/KID (see its log)")
+    out = {"fid": fid, "backbone": backbone, "real_fid": is_official_backbone(backbone), "n_images": stats.n}
+    if want_kid:
+        out.update({"kid": kid_mean, "kid_std": kid_std, "kid_subset_size": int(kid_size), "kid_subsets": kid_subsets})
+    return out
+
+
+def _all_ranks_agree(flag: bool) -> bool:
+    """True when ``flag`` is True on every rank (a MIN all-reduce; just ``flag`` without torch.distributed)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
+        else torch.device("cpu")
+    value = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())

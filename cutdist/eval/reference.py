@@ -63,13 +63,15 @@ def reference_cache_path(urls: list[str], key: str, size: int, cache_dir: str | 
 
 def reference_stats(splits_or_urls, *, model: nn.Module, backbone: str, size: int, batch_size: int = 50,
                     device=None, cache_dir: str | Path = "", manifest: str | None = None,
-                    max_images: int = 0, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                    max_images: int = 0, progress: bool = False, with_features: bool = False):
     """(mu, sigma) of the real test split: a ``cutdist.data.Splits`` (its ``test_b`` and ``manifest``) or a
     list of shard URLs (then ``manifest`` may name the manifest they are listed in).
 
     Computed with ``model`` (labelled ``backbone``) on images resized to ``size``, once; later calls with the
     same data, backbone and size read the cached npz. ``device`` is unused (the model's device is used);
-    it is accepted so callers can pass their evaluation settings unchanged.
+    it is accepted so callers can pass their evaluation settings unchanged. ``with_features=True`` returns
+    ``(mu, sigma, features)`` with the activations themselves (float32 ``[n, 2048]``, for KID), cached in the
+    same npz (a cached file without them is recomputed once).
     """
     del device
     urls, manifest = _urls_and_manifest(splits_or_urls, manifest)
@@ -79,29 +81,38 @@ def reference_stats(splits_or_urls, *, model: nn.Module, backbone: str, size: in
     path = reference_cache_path(urls, key, size, cache_dir)
     if path.is_file():
         mu, sigma, meta = load_stats(path, with_meta=True)
+        cached = meta.get("features")
         if meta.get("key") == key and meta.get("backbone") == backbone:
-            log.info("FID reference statistics: cache hit %s (%s images)", path, meta.get("n_images"))
-            return mu, sigma
-        warnings.warn(f"{path}: cached statistics do not match their key; recomputing")
+            if not with_features:
+                log.info("FID reference statistics: cache hit %s (%s images)", path, meta.get("n_images"))
+                return mu, sigma
+            if isinstance(cached, np.ndarray) and cached.ndim == 2:
+                return mu, sigma, cached
+            log.info("FID reference statistics: %s holds no features (KID needs them); recomputing", path)
+        else:
+            warnings.warn(f"{path}: cached statistics do not match their key; recomputing")
 
     skipped = []
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(unit="img", desc="FID reference (testB)")
+    features: list = []
     try:
         stats = accumulate_stats(shard_batches(urls, size=size, batch_size=batch_size, max_images=max_images,
                                                on_skipped=skipped.append), model, batch_size=batch_size,
-                                 progress=bar)
+                                 progress=bar, features=features)
     finally:
         if bar is not None:
             bar.close()
     mu, sigma = stats.mu_sigma()
-    try:
+    feats = np.concatenate(features)
+    try:   # the features always ride along (KID needs them; 8 KB per image)
         save_stats(path, mu, sigma, backbone=backbone, n_images=stats.n, size=size, key=key,
-                   max_images=max_images, skipped=sum(skipped), shards=len(urls), manifest=manifest or "")
+                   max_images=max_images, skipped=sum(skipped), shards=len(urls), manifest=manifest or "",
+                   features=feats)
         log.info("FID reference statistics: %d images -> %s", stats.n, path)
     except OSError as err:
         warnings.warn(f"{path}: cannot cache the FID reference statistics ({err}); they will be recomputed "
                       "next time (set eval.cache_dir to a writable directory)")
-    return mu, sigma
+    return (mu, sigma, feats) if with_features else (mu, sigma)

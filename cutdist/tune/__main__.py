@@ -216,7 +216,7 @@ def run_sweep(space, sweep_dir: str, concurrency: int, *, resume: bool, retry_er
 
     from cutdist.tune.cleanup import RemoveEndedTrialsPlacementGroups
     from cutdist.tune.results import trial_dirname
-    from cutdist.tune.space import METRIC, MODE
+    from cutdist.tune.space import MODE
     from cutdist.tune.trial import run_trial, runs_dir, trial_resources
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, space=space, sweep_dir=sweep_dir),
@@ -229,7 +229,7 @@ def run_sweep(space, sweep_dir: str, concurrency: int, *, resume: bool, retry_er
         tuner = tune.Tuner(
             trainable,
             param_space=space.param_space(),
-            tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=space.search_alg(concurrency),
+            tune_config=tune.TuneConfig(metric=space.metric, mode=MODE, search_alg=space.search_alg(concurrency),
                                         scheduler=space.tune_scheduler(), num_samples=space.num_samples,
                                         trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(name=name, storage_path=parent, failure_config=tune.FailureConfig(max_failures=0),
@@ -250,7 +250,7 @@ def report(results, space, sweep_dir: str, splits) -> int:
     summaries = summarise(results, space, lambda cfg: planned_steps(cfg, splits.epoch_size), sweep_dir, tune_status)
     parquet, csv = write_leaderboard(summaries, space, sweep_dir)
     plot = plot_fid_vs_hparams(summaries, space, Path(sweep_dir) / PLOT, title=os.path.basename(sweep_dir))
-    scored = [s for s in summaries if not math.isnan(s.best_fid)]
+    scored = [s for s in summaries if not math.isnan(s.score)]
     counts = {status: sum(s.status == status for s in summaries) for status in dict.fromkeys(
         s.status for s in summaries)}
     print("\n[cutdist.tune] done: " + ", ".join(f"{n} {status}" for status, n in counts.items()))
@@ -258,20 +258,21 @@ def report(results, space, sweep_dir: str, splits) -> int:
     print(f"  plot               {plot}")
     for s in summaries:
         values = " ".join(f"{k}={s.sampled.get(k)}" for k in space.params)
-        fid = f"FID {s.best_fid:.4f}" if s in scored else "no FID"
+        fid = f"FID {s.best_fid:.4f} KID {s.best_kid:.5f}" if s in scored else f"no {space.metric.upper()}"
         extra = f" | {s.error}" if s.status == ERROR else (f" at epoch {s.epochs_reached:g}"
                                                              if s.status == STOPPED_EARLY else "")
-        print(f"    {s.trial_id:<14} {s.status:<13} {fid:<14} {values}{extra}")
+        print(f"    {s.trial_id:<14} {s.status:<13} {fid:<28} {values}{extra}")
     if scored:
         best = scored[0]
         base = config_mod.from_dict(space.base)
         path = write_best_config(best, space, Path(sweep_dir) / BEST_CONFIG,
                                  name=f"{os.path.basename(sweep_dir)}-best", storage_path=storage_path(base))
-        print(f"  best trial         {best.trial_id}: FID {best.best_fid:.4f} [{best.fid_backbone}]")
+        print(f"  best trial         {best.trial_id}: {space.metric.upper()} {best.score:.5g} (best FID "
+              f"{best.best_fid:.4f}, best KID {best.best_kid:.5f}) [{best.fid_backbone}]")
         print(f"  best checkpoint    {best.best_checkpoint}")
         print(f"  best config        {path}  (python -m cutdist.train --config {path})")
     else:
-        print("  no trial reported an FID: no best config", file=sys.stderr)
+        print(f"  no trial reported a {space.metric.upper()}: no best config", file=sys.stderr)
     if counts.get(INCOMPLETE):
         print(f"  interrupted: continue with  python -m cutdist.tune --resume {sweep_dir}")
     print(sweep_dir, flush=True)

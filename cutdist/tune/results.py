@@ -1,13 +1,14 @@
 """What a finished sweep leaves in its directory: the leaderboard, the FID-vs-hyperparameter plot, the best job.
 
-- ``leaderboard.parquet`` / ``leaderboard.csv``: one row per trial, best FID first: ``rank``, ``trial_id``,
-  ``status``, ``best_fid``, ``fid_backbone``, ``fid_real``, ``epochs_reached``, ``steps_reached``,
+- ``leaderboard.parquet`` / ``leaderboard.csv``: one row per trial, best first by the sweep's ``metric`` (fid or
+  kid): ``rank``, ``trial_id``, ``status``, ``metric``, ``best_fid``, ``best_kid`` (each the trial's lowest over its
+  evaluations), ``best_kid_std`` (KID's std over subsets at that evaluation), ``fid_backbone``, ``fid_real``, ``epochs_reached``, ``steps_reached``,
   ``planned_steps``, ``evaluations``, ``best_checkpoint``, ``run_dir``, ``error``, then one column per searched
   key (the value's name for named choices such as NCE layer subsets).
   ``status``: ``TERMINATED`` (trained to its planned end), ``STOPPED_EARLY`` (the scheduler, e.g. ASHA, stopped
   it before its end), ``ERROR`` (the trial failed; ``error`` holds the last line of the cause), or
   ``INCOMPLETE`` (the sweep was interrupted before the trial ended; ``--resume`` continues it).
-- ``fid_vs_hparams.png``: one panel per searched key, each trial's best FID (hollow: stopped early; red x on
+- ``fid_vs_hparams.png``: one panel per searched key, each trial's best FID (best KID for ``metric: kid``) (hollow: stopped early; red x on
   the top edge: failed, no FID), the y label naming the FID backbone.
 - ``best_config.yaml``: the best trial's full job (every field explicit), accepted by ``python -m cutdist.train``.
 """
@@ -40,7 +41,10 @@ class TrialSummary:
     trial_id: str
     sampled: dict[str, Any]       # the trial's Tune config (names for named choices)
     status: str
+    metric: str                   # the sweep's metric: fid | kid (what best_checkpoint and the ranking follow)
     best_fid: float
+    best_kid: float
+    best_kid_std: float
     fid_backbone: str
     fid_real: bool | None
     epochs_reached: float
@@ -50,6 +54,11 @@ class TrialSummary:
     best_checkpoint: str
     run_dir: str
     error: str
+
+    @property
+    def score(self) -> float:
+        """The trial's best value of the sweep's metric (NaN: none reported)."""
+        return self.best_kid if self.metric == "kid" else self.best_fid
 
     def row(self, space: Space) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "sampled"}
@@ -80,8 +89,10 @@ def summarise(results: Any, space: Space, planned: Callable[[JobConfig], int], s
         sampled = {k: v for k, v in (result.config or {}).items() if k in space.params}
         cfg = trial_job(space, sampled, sweep_dir, trial_id)
         frame = result.metrics_dataframe
-        rows = [] if frame is None or "fid" not in frame else frame[frame["fid"].notna()].to_dict("records")
-        best = min(rows, key=lambda r: r["fid"]) if rows else {}
+        metric = space.metric
+        rows = [] if frame is None or metric not in frame else frame[frame[metric].notna()].to_dict("records")
+        best = min(rows, key=lambda r: r[metric]) if rows else {}
+        best_kid = min(rows, key=lambda r: r.get("kid", math.inf)) if rows and "kid" in rows[0] else {}
         steps = int(max((r.get("step", 0) for r in rows), default=0))
         planned_steps = planned(cfg)
         if result.error is not None:
@@ -95,13 +106,15 @@ def summarise(results: Any, space: Space, planned: Callable[[JobConfig], int], s
         else:
             status = INCOMPLETE
         summaries.append(TrialSummary(
-            trial_id=trial_id, sampled=sampled, status=status,
-            best_fid=float(best["fid"]) if best else math.nan,
+            trial_id=trial_id, sampled=sampled, status=status, metric=metric,
+            best_fid=float(min(r["fid"] for r in rows)) if rows else math.nan,
+            best_kid=float(best_kid["kid"]) if best_kid else math.nan,
+            best_kid_std=float(best_kid.get("kid_std", math.nan)) if best_kid else math.nan,
             fid_backbone=str(best.get("fid_backbone", "")), fid_real=bool(best["fid_real"]) if best else None,
             epochs_reached=float(max((r.get("epoch", 0.0) for r in rows), default=0.0)), steps_reached=steps,
             planned_steps=planned_steps, evaluations=len(rows), best_checkpoint=str(best.get("checkpoint_path") or ""),
             run_dir=f"{cfg.storage_path}/{cfg.name}", error=error_line(result.error)))
-    summaries.sort(key=lambda s: (math.isnan(s.best_fid), s.best_fid, s.trial_id))
+    summaries.sort(key=lambda s: (math.isnan(s.score), s.score, s.trial_id))
     return summaries
 
 
@@ -128,8 +141,9 @@ def plot_fid_vs_hparams(summaries: list[TrialSummary], space: Space, path: str |
 
     keys = list(space.params)
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.8), squeeze=False, sharey=True)
-    scored = [s for s in summaries if not math.isnan(s.best_fid)]
-    fids = [s.best_fid for s in scored]
+    scored = [s for s in summaries if not math.isnan(s.score)]
+    fids = [s.score for s in scored]
+    label = "KID" if space.metric == "kid" else "FID"
     if fids and min(fids) > 0 and max(fids) / min(fids) > 50:   # a diverged trial would flatten the others
         axes[0][0].set_yscale("log")
     backbones = sorted({s.fid_backbone for s in scored if s.fid_backbone})
@@ -153,23 +167,23 @@ def plot_fid_vs_hparams(summaries: list[TrialSummary], space: Space, path: str |
         for status, style in ((TERMINATED, dict(marker="o", color="tab:blue", label="trained to the end")),
                               (STOPPED_EARLY, dict(marker="o", facecolors="none", edgecolors="tab:orange",
                                                    label="stopped early"))):
-            points = [(position(s.sampled[key]), s.best_fid) for s in scored if s.status == status and key in s.sampled]
+            points = [(position(s.sampled[key]), s.score) for s in scored if s.status == status and key in s.sampled]
             if points:
                 ax.scatter(*zip(*points), s=40, **style)
         failed = [position(s.sampled[key]) for s in summaries if s.status == ERROR and key in s.sampled]
         if failed:
             top = ax.get_ylim()[1] if scored else 1.0
             ax.scatter(failed, [top] * len(failed), marker="x", color="tab:red", s=50, clip_on=False,
-                       label="failed (no FID)")
+                       label=f"failed (no {label})")
         ax.set_xlabel(key + (" (log)" if p.log_scale else ""))
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("best FID" + (f"\n{'; '.join(backbones)}" if backbones else ""), fontsize=8)
+    axes[0][0].set_ylabel(f"best {label}" + (f"\n{'; '.join(backbones)}" if backbones else ""), fontsize=8)
     if not scored:
-        fig.text(0.5, 0.5, "no trial reported an FID", ha="center", va="center", color="tab:red")
+        fig.text(0.5, 0.5, f"no trial reported a {label}", ha="center", va="center", color="tab:red")
     handles = {h.get_label(): h for ax in axes[0] for h in ax.collections}
     if handles:
         fig.legend(list(handles.values()), list(handles), loc="upper right", fontsize=8)
-    fig.suptitle(title or "FID vs hyperparameters", fontsize=10)
+    fig.suptitle(title or f"{label} vs hyperparameters", fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.88, 0.95))
     path = Path(path)
     fig.savefig(path, dpi=100)
@@ -184,7 +198,8 @@ def write_best_config(best: TrialSummary, space: Space, path: str | Path, *, nam
     cfg.storage_path = storage_path
     values = ", ".join(f"{k}={best.sampled[k]}" for k in space.params if k in best.sampled)
     header = (f"# Best trial {best.trial_id} of the sweep in {os.path.dirname(os.path.abspath(path))}:\n"
-              f"#   {values}\n#   best FID {best.best_fid:.4f} [{best.fid_backbone}] at epoch "
+              f"#   {values}\n#   ranked by {best.metric.upper()}: best FID {best.best_fid:.4f}, best KID "
+              f"{best.best_kid:.5f} [{best.fid_backbone}], trained to epoch "
               f"{best.epochs_reached:g} ({best.status}); its checkpoint: {best.best_checkpoint}\n"
               f"# Train it: python -m cutdist.train --config {path}\n")
     path = Path(path)
