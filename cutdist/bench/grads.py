@@ -86,11 +86,13 @@ class Mode:
     ``build_nets(cfg) -> CUTNets``; ``step(nets, updater, real_a, real_b, cfg, *, generator, flip_generator)`` runs
     ONE step, calling ``updater.zero_grad / backward / step`` per parameter group; ``job(cfg, case) -> cfg`` adapts the
     job to the case (e.g. forces flip-equivariance on for a flipped case); ``batch(cfg, case, generator) ->
-    (real_a, real_b)`` draws the inputs (CPU, NCHW, fp32)."""
+    (real_a, real_b)`` draws the inputs (CPU, NCHW, fp32); ``optimizers(nets, optim_cfg, fused=) -> {group: optimizer}``
+    for the ``fused_adam`` check."""
     build_nets: Callable[[config.JobConfig], CUTNets]
     step: Callable[..., Any]
     job: Callable[[config.JobConfig, Case], config.JobConfig]
     batch: Callable[[config.JobConfig, Case, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+    optimizers: Callable[..., dict[str, torch.optim.Optimizer]] = make_optimizers   # (nets, optim_cfg, fused=)
 
 
 def _cut_job(cfg: config.JobConfig, case: Case) -> config.JobConfig:
@@ -352,7 +354,7 @@ def _check_point(cfg, switch, case, device, *, seed, compile_backend):
     extra["noise_floor"] = {n: v["max_rel_diff"] for n, v in floor.items()}
     extra["ill_conditioned"] = max(extra["noise_floor"].values()) > TOLERANCE / 10
     if switch.kind == "optimizer":
-        nets = compare_optimizer_step(plain, switched, weights, ref, device)
+        nets = compare_optimizer_step(mode, plain, switched, weights, ref, device)
         extra["max_rel_update_diff"] = {n: v["max_rel_update_diff"] for n, v in nets.items()}
     else:
         if switch.kind == "data":
@@ -372,12 +374,12 @@ def _check_point(cfg, switch, case, device, *, seed, compile_backend):
             "worst": {n: v["worst"] for n, v in nets.items()}, **extra}
 
 
-def compare_optimizer_step(plain: config.JobConfig, switched: config.JobConfig, weights, grads, device):
+def compare_optimizer_step(mode: Mode, plain: config.JobConfig, switched: config.JobConfig, weights, grads, device):
     """Both optimisers of ``make_optimizers`` (plain vs the switch's) take one step from the same weights and the same
     gradients (``grads``, the plain step's); compared: the parameters after it and the update itself."""
     after, before = {}, {}
     for label, cfg in (("plain", plain), ("switched", switched)):
-        nets = build_nets(cfg)
+        nets = mode.build_nets(cfg)
         for name in NETS:
             net = getattr(nets, name)
             net.load_state_dict(weights[name])
@@ -385,7 +387,7 @@ def compare_optimizer_step(plain: config.JobConfig, switched: config.JobConfig, 
         for name in NETS:
             for pname, p in getattr(nets, name).named_parameters():
                 p.grad = grads[name][pname].to(device) if pname in grads[name] else None
-        for optimizer in make_optimizers(nets, cfg.optim, fused=cfg.optim.fused).values():
+        for optimizer in mode.optimizers(nets, cfg.optim, fused=cfg.optim.fused).values():
             optimizer.step()
         after[label] = {n: {k: v.detach().cpu() for k, v in getattr(nets, n).named_parameters()} for n in NETS}
     before = {n: {k: v for k, v in weights[n].items() if k in after["plain"][n]} for n in NETS}
