@@ -231,3 +231,46 @@ def test_verify_checks_sizes_and_escapes_names(tmp_path, capsys):
                for line in out), out
     assert not any(line.startswith("verify: OK") for line in out), out
     assert any("'000000\\nverify: OK" in line for line in out), out
+
+
+# ------------------------------------------------------------------------------ minor: resume checkpoint
+
+def test_unreadable_train_state_is_refused_before_ray_starts(tmp_path, capsys, monkeypatch):
+    import ray
+
+    from cutdist.data.synth import write_synth_dataset
+    from cutdist.model.networks import build_nets
+    from cutdist.train import __main__ as train_cli
+
+    root = write_synth_dataset(tmp_path / "s", size=32, count=4, test_count=1)
+    job = {"data.root": str(root), "storage_path": str(tmp_path / "runs")}
+    cfg = config.load(ROOT / "jobs" / "smoke.yaml", job)
+    ckpt = tmp_path / "checkpoint_000000003"
+    save_model(ckpt, build_nets(cfg), cfg, step=3, epoch=0)
+    (ckpt / "train_state.pt").write_bytes(b"PK\x03\x04 truncated")
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray started before the resume checkpoint was checked")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    rc = train_cli.main(["--config", str(ROOT / "jobs" / "smoke.yaml"), *(f"{k}={v}" for k, v in job.items()),
+                         f"checkpoint.resume_from={ckpt}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(lines(err)) == 1 and "train_state.pt: unreadable" in err, err
+
+
+def test_sweep_whose_stored_url_lost_its_credentials_is_not_resumed(tmp_path, capsys):
+    import yaml
+
+    from cutdist.redact import redact_values
+    from cutdist.tune import __main__ as tune_cli
+
+    saved = {"job_file": "job.yaml", "space_file": "space.yaml", "overrides": {},
+             "job_values": {"data": {"root": "http://user:secret@127.0.0.1:1/shards"}}, "space": {}}
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / tune_cli.SWEEP_FILE).write_text(yaml.safe_dump(redact_values(saved)))
+    assert "secret" not in (sweep / tune_cli.SWEEP_FILE).read_text()
+    rc = tune_cli.main(["--resume", str(sweep)])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(lines(err)) == 1 and "job_values.data.root" in err and "credentials" in err, err

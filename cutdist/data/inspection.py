@@ -16,6 +16,7 @@ from webdataset.tariterators import base_plus_ext
 
 from cutdist.data.manifest import SPLITS, DataError, is_url, join, local_path, open_location, printable, read_manifest
 from cutdist.data.members import image_header_size, tar_members
+from cutdist.redact import redact_uri
 from cutdist.data.transforms import image_field
 
 
@@ -24,7 +25,7 @@ def inspect_shards(root: str) -> dict:
     shard file sizes too when the directory is local)."""
     rows = read_manifest(root).to_pylist()
     local = not is_url(root)
-    report: dict = {"root": root, "images": len(rows), "splits": {}}
+    report: dict = {"root": redact_uri(root), "images": len(rows), "splits": {}}
     by_split: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         by_split[row["split"]].append(row)
@@ -58,7 +59,7 @@ def inspect_shards(root: str) -> dict:
 def format_report(report: dict) -> str:
     lines = [f"{report['root']}: {report['images']} images"]
     for split, e in report["splits"].items():
-        lines.append(f"  {split}: {e['images']} images in {e['shards']} shard(s), "
+        lines.append(f"  {printable(split)}: {e['images']} images in {e['shards']} shard(s), "
                      f"{e['samples_per_shard'][0]}-{e['samples_per_shard'][1]} per shard, "
                      f"{_mb(e['image_bytes_per_shard'][0])}-{_mb(e['image_bytes_per_shard'][1])} of images per shard"
                      + (f", {_mb(e['file_bytes'])} on disk" if "file_bytes" in e else ""))

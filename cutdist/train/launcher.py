@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from cutdist.config import JobConfig
-from cutdist.train.state import check_compatible, resolve_checkpoint
+from cutdist.train.state import check_compatible, load_train_state, resolve_checkpoint
 
 CKPT_SCORE = "ckpt_fid"
 
@@ -97,6 +97,7 @@ def resolve_resume(cfg: JobConfig) -> str:
     ckpt = resolve_checkpoint(cfg.checkpoint.resume_from)
     state, _ = load_model(ckpt)
     check_compatible(state["config"], cfg, ckpt)
+    load_train_state(ckpt, mmap=True)   # readable, of the right format, before any worker starts
     return str(ckpt)
 
 

@@ -93,12 +93,14 @@ def save_train_state(ckpt_dir: Path, *, position: Position, world_size: int, str
     return path
 
 
-def load_train_state(ckpt_dir: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_train_state(ckpt_dir: Path, map_location: str | torch.device = "cpu", *, mmap: bool = False) -> dict[str, Any]:
+    """``train_state.pt`` (weights only); ``mmap=True`` maps its tensors instead of reading them (the driver's
+    check before Ray starts)."""
     path = Path(ckpt_dir) / TRAIN_STATE_FILE
     if not path.is_file():
         raise CheckpointError(f"{ckpt_dir}: no {TRAIN_STATE_FILE} (not a cutdist training checkpoint)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # a truncated or foreign file: say which
         raise CheckpointError(f"{path}: unreadable ({err.__class__.__name__}: {str(err).splitlines()[0]})") from None
     if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
