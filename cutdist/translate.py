@@ -257,7 +257,9 @@ def _positive(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cutdist.translate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="cutdist checkpoint directory (holding model.pt)")
+    p.add_argument("--checkpoint", required=True,
+                   help="cutdist checkpoint directory (holding model.pt), or a run directory: its best-FID checkpoint "
+                        "(summary.json's, else the lowest FID among the kept checkpoints' metrics.json)")
     p.add_argument("--input", required=True, help="image, image folder, .tar shard, quoted shard glob, shard folder")
     p.add_argument("--output", required=True, help="output folder for the PNGs")
     p.add_argument("--size", type=_positive, default=None, help="resize inputs to S x S first (default: full size)")
@@ -265,6 +267,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--seed", type=int, default=0, help="torch seed before every forward (SinCUT's noise; default 0)")
     return p
+
+
+def run_checkpoint(path: str) -> str:
+    """``path`` itself, or for a run directory (no model.pt, checkpoints inside) its best checkpoint, said on stderr."""
+    from cutdist.train.summary import best_checkpoint_of_run
+
+    where = Path(path).expanduser()
+    if not where.is_dir() or (where / "model.pt").exists():
+        return path
+    best = best_checkpoint_of_run(where)
+    if best is None:
+        return path   # load_generator says what is missing
+    chosen, why = best
+    print(f"--checkpoint {path}: a run directory; using {chosen.name} ({why})", file=sys.stderr)
+    return str(chosen)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,8 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --device: {err}", file=sys.stderr)
         return 2
     output = Path(args.output).expanduser()
+    checkpoint = run_checkpoint(args.checkpoint)
     try:
-        generator, cfg = load_generator(args.checkpoint, "cpu")   # checked and built on the CPU first
+        generator, cfg = load_generator(checkpoint, "cpu")   # checked and built on the CPU first
         total, items = collect_inputs(args.input)
     except (ModelIOError, InputError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """``python -m cutdist.bench scaling``: does CUT keep its quality at a larger global batch, and with which lr rule?
 
   [--config jobs/demo.yaml] [--batches 1,2,4,8] [--rules none,sqrt,linear] [--seeds 0,1,2] [--out DIR]
-  [--threads T] [--device auto|cpu|cuda] [--keep-runs] [key=value ...]
+  [--threads T] [--device auto|cpu|cuda] [--keep-runs] [key=value ...]   (--keep-runs: OUT/runs/, else a temp dir)
 
 Trains the job (default: the demo, whose synthetic test images have a paired ground truth) once per (global
 batch B, lr rule, seed) and measures the final generator: the paired error against the ground truth
@@ -43,6 +43,7 @@ import math
 import platform
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -336,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": records, "baselines": previous.get("baselines", {}),
     }
     baselines: dict = {}
+    runs_root = out / "runs" if args.keep_runs else Path(tempfile.mkdtemp(prefix="cutdist_scaling_"))
     title = (f"{first.model.mode} on {Path(first.data.root).name}, {result['images_seen']} images seen, "
              f"{len(seeds)} seeds, lr {first.optim.lr:g} at B=1")
     code = 0
@@ -346,9 +348,9 @@ def main(argv: list[str] | None = None) -> int:
             b, rule, seed = run
             cfg = jobs[run]
             print(f"[cutdist.bench scaling] B={b} rule={rule} seed={seed} ...", file=sys.stderr, flush=True)
-            record = run_one(cfg, splits, out / "runs" / f"b{b}-{rule}-seed{seed}", device, baselines)
+            record = run_one(cfg, splits, runs_root / f"b{b}-{rule}-seed{seed}", device, baselines)
             if not args.keep_runs:
-                shutil.rmtree(out / "runs" / f"b{b}-{rule}-seed{seed}", ignore_errors=True)
+                shutil.rmtree(runs_root / f"b{b}-{rule}-seed{seed}", ignore_errors=True)
             record.update({"global_batch": b, "rule": rule, "seed": seed, "workers": 1, "per_rank_batch": b,
                            "images_seen": record["steps"] * b})
             if str(seed) not in result["baselines"] and seed in baselines:
@@ -365,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         text = str(err).strip().splitlines()
         result["error"] = f"{type(err).__name__}: {text[0] if text else ''}"
         code = 1
+    if not args.keep_runs:
+        shutil.rmtree(runs_root, ignore_errors=True)
     result["table"] = aggregate(records)
     result["verdict"] = verdict(records, rules) if records else {}
     result["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

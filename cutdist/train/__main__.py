@@ -153,13 +153,32 @@ def print_summary(cfg, result, launcher, *, before, splits, is_demo: bool) -> No
     print(f"  metrics            {logs / 'metrics.jsonl'}")
     if cfg.logging.tensorboard:
         print(f"  TensorBoard        tensorboard --logdir {logs / 'tensorboard'}")
-    if "fid" in metrics:
-        print(f"  final FID          {metrics['fid']:.4f} ({metrics.get('fid_backbone')})")
     if before is not None and latest:
         after = paired_quality_of_checkpoint(latest, splits)
         print("  paired quality vs testGT (lowfreq_l1: lower is better; stripe_energy_ratio: 1 = as striped as GT)")
         for label, q in (("input A (no-op)", before["identity"]), ("G at init", before["g"]), ("trained G", after)):
             print(f"    {label:<16} lowfreq_l1 {q['lowfreq_l1']:.4f}  stripe_energy_ratio {q['stripe_energy_ratio']:.3f}")
+    write_run_summary(cfg, result, launcher, latest)
+
+
+def write_run_summary(cfg, result, launcher, latest: str | None) -> None:
+    """summary.json in the run directory (rank 0's log directory when the run directory is remote) and the
+    last console lines: best FID and KID, their epochs and checkpoints, the final ones, images seen, wall time."""
+    from cutdist.train.summary import build_summary, summary_lines, write_summary
+
+    run_dir = launcher.run_dir(cfg)
+    kept = [c.path for c, _ in (result.best_checkpoints or [])]
+    summary = build_summary(result.metrics or {}, run_dir=run_dir, kept=kept, latest=latest,
+                            batch_size=cfg.data.batch_size, wall_s=time.time() - STARTED_AT)
+    where = run_dir if not launcher.is_remote(run_dir) else launcher.logs_dir(cfg)
+    try:
+        path = write_summary(summary, where)
+    except OSError as err:
+        path = f"not written ({err})"
+    print("[cutdist.train] summary")
+    for line in summary_lines(summary):
+        print(line)
+    print(f"  summary    {path}", flush=True)
 
 
 if __name__ == "__main__":

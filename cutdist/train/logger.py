@@ -68,7 +68,7 @@ def _jsonable(value: Any) -> bool:
 
 def _tb_tag(key: str) -> str:
     head = key.split("_", 1)[0]
-    return f"{head}/{key}" if head in ("loss", "fid") else f"train/{key}"
+    return f"{head}/{key}" if head in ("loss", "fid", "kid") else f"train/{key}"
 
 
 def format_line(step: int, total_steps: int, m: dict[str, Any]) -> str:
@@ -83,5 +83,6 @@ def format_line(step: int, total_steps: int, m: dict[str, Any]) -> str:
     if m.get("skipped_samples"):
         parts.append(f"skipped {m['skipped_samples']}")
     if "fid" in m:
-        parts.append(f"FID {m['fid']:.4f} [{m.get('fid_backbone', '?')}]")
+        kid = f" KID {m['kid']:.5f} ± {m.get('kid_std', 0.0):.5f}" if "kid" in m else ""
+        parts.append(f"FID {m['fid']:.4f}{kid} [{m.get('fid_backbone', '?')}]")
     return " | ".join(p for p in parts if p)

@@ -148,6 +148,9 @@ def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from
         torch.backends.cudnn.benchmark = True   # fixed crop size: cuDNN's autotuned kernels pay off
     strategy = build_strategy(cfg, plain, device, ctx.world_size)
     pos, best_fid = Position(), None
+    from cutdist.train.summary import BestSoFar
+
+    best = BestSoFar.from_checkpoint(ckpt_dir)   # best FID / KID so far, with step and epoch (summary.json)
     if train_state is not None:
         strategy.load_optimizer_state(train_state["optimizers"])
         restore_rng(train_state["rng"])
@@ -230,6 +233,8 @@ def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from
                     metrics.update(fid)
                     if best_fid is None or fid["fid"] < best_fid:
                         best_fid = fid["fid"]
+                    best.update(fid, pos.step, pos.epoch)
+                metrics.update(best.as_metrics())
                 if best_fid is not None:
                     metrics["fid_best"] = best_fid
                 metrics["ckpt_fid"] = metrics["fid"] if eval_due else math.inf
@@ -358,14 +363,14 @@ class FidEvaluator:
         caveat = backbone_caveat(self.backbone)
         if ctx.rank == 0 and caveat:
             print(f"[cutdist.train] warning: FID backbone {self.backbone}: {caveat}", flush=True)
-        ref = [None, None]
-        if ctx.rank == 0:
+        ref = [None, None, None]
+        if ctx.rank == 0:   # the features too: KID (cutdist.eval.kid) from the same activations
             ref = list(reference_stats(splits.test_b, model=self.model, backbone=self.backbone,
                                        size=cfg.data.crop_size, batch_size=cfg.eval.batch_size, device=ctx.device,
-                                       cache_dir=cfg.eval.cache_dir, manifest=splits.manifest))
+                                       cache_dir=cfg.eval.cache_dir, manifest=splits.manifest, with_features=True))
         if ctx.world_size > 1:
             dist.broadcast_object_list(ref, src=0)
-        self.ref_mu, self.ref_sigma = ref
+        self.ref_mu, self.ref_sigma, self.ref_features = ref
 
     def __call__(self, g: torch.nn.Module) -> dict[str, Any]:
         from cutdist.data.stream import test_loader
@@ -380,13 +385,15 @@ class FidEvaluator:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                out = fid_during_training(lambda x: g(x.to(self.ctx.device)), (b for _, b in batches),
+                out = fid_during_training(lambda x: g(x.to(self.ctx.device)), batches,   # (keys, images): KID order
                                           model=self.model, backbone=self.backbone, ref_mu=self.ref_mu,
-                                          ref_sigma=self.ref_sigma, device=self.ctx.device)
+                                          ref_sigma=self.ref_sigma, device=self.ctx.device,
+                                          ref_features=self.ref_features)
         finally:
             g.train(was_training)
         return {"fid": float(out["fid"]), "fid_backbone": out["backbone"], "fid_real": bool(out["real_fid"]),
-                "fid_n_images": int(out["n_images"]), "fid_seconds": time.perf_counter() - t0}
+                "fid_n_images": int(out["n_images"]), "kid": float(out["kid"]), "kid_std": float(out["kid_std"]),
+                "kid_subset_size": int(out["kid_subset_size"]), "fid_seconds": time.perf_counter() - t0}
 
 
 def run_local(cfg: JobConfig, splits: Any, *, run_dir: Path, resume_from: str | Path | None = None,
