@@ -124,6 +124,7 @@ class DataConfig:
     synth_if_missing: bool = False    # demo: synthesise the demo shards into root when absent
     synth_count: int = 400            # images per training domain when synthesising
     synth_size: int = 64
+    synth_kind: str = "shapes"        # what synth_if_missing makes: shapes (the CUT demo) | single_pair (sincut)
     image_a: str = ""                 # sincut: the one image of domain A (a file); "" = trainA of data.root
     image_b: str = ""                 # sincut: the one image of domain B
     random_scale_max: float = 3.0     # sincut: per-axis zoom uniform in [1/random_scale_max, 1]
@@ -506,6 +507,7 @@ def validate(cfg: JobConfig) -> JobConfig:
     _check(not d.decode_on_device or d.preprocess == "resize_and_crop", "data.decode_on_device",
            f"true supports data.preprocess=resize_and_crop only (it is {d.preprocess!r})")
     _check(d.synth_count >= 2, "data.synth_count", f"must be >= 2, got {d.synth_count}")
+    _one_of(cfg, "data.synth_kind", ["shapes", "single_pair"])
     _check(d.synth_size >= 16 and d.synth_size % 4 == 0, "data.synth_size",
            f"must be a multiple of 4, >= 16, got {d.synth_size}")
 

@@ -278,3 +278,14 @@ def test_single_images_from_files_and_from_shards(tmp_path):
                             "data.image_b": path_b}).data
     with pytest.raises(DataError, match="nope.png"):
         load_single_images(bad)
+
+
+def test_synth_if_missing_writes_the_single_pair_shards(tmp_path):
+    from cutdist.data import resolve_splits
+
+    data = config.from_dict({"model.mode": "sincut", "data.root": str(tmp_path / "pair"), "data.synth_if_missing": True,
+                             "data.synth_kind": "single_pair", "data.synth_size": 64}).data
+    images = load_single_images(data, resolve_splits(data))
+    assert images.a.shape == images.b.shape == (3, 48, 64)
+    painting, photo = synth_single_pair(0, (48, 64))
+    assert torch.equal(images.a, torch.from_numpy(painting).permute(2, 0, 1).float() / 127.5 - 1)

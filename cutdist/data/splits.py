@@ -92,11 +92,26 @@ def _synthesise_if_missing(data_cfg) -> None:
     from cutdist.data.synth import write_synth_dataset
 
     try:
-        write_synth_dataset(local_path(root), size=data_cfg.synth_size, count=data_cfg.synth_count,
-                            workers=min(8, os.cpu_count() or 1))
+        if data_cfg.synth_kind == "single_pair":
+            _write_single_pair_shards(local_path(root), data_cfg.synth_size)
+        else:
+            write_synth_dataset(local_path(root), size=data_cfg.synth_size, count=data_cfg.synth_count,
+                                workers=min(8, os.cpu_count() or 1))
     except (DataError, OSError):
         if not (local_path(root) / "manifest.parquet").is_file():   # another driver may have won the race
             raise
+
+
+def _write_single_pair_shards(root: Path, width: int) -> None:
+    """SinCUT's demo data: the synthetic painting (trainA) and photo (trainB), ``width`` px wide, 3:4, as shards."""
+    import tempfile
+
+    from cutdist.data.synth_single import write_single_pair
+    from cutdist.data.writer import write_image_folder
+
+    with tempfile.TemporaryDirectory(prefix="cutdist_single_pair_") as tmp:
+        write_single_pair(tmp, size=(max(4, round(width * 3 / 4 / 4) * 4), width))
+        write_image_folder(tmp, root, workers=1)
 
 
 def resolve_splits(data_cfg) -> Splits:

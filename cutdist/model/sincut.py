@@ -10,7 +10,8 @@ GAN = non-saturating (softplus); PatchNCE on encoder taps 0, 2, 4 with one patch
 negatives drawn from the whole minibatch (every crop comes from the same image): with the batch split over
 workers, a rank's negatives are its own crops only (B/N - 1 of them instead of B - 1). R1 is computed on the
 real crops every step (no lazy regularisation, as the reference), its gradient by a double backward
-(``create_graph=True``); E is the mean over the rank's crops, and DDP / DeepSpeed average it over ranks.
+(``create_graph=True``) through the unwrapped D; E is the mean over the rank's crops, and DDP / DeepSpeed
+average it over ranks.
 
 The networks are the StyleGAN2-style ones of ``cutdist.model.stylegan``, F is CUT's ``PatchSampleF`` (xavier,
 gain 0.02, as the reference's ``define_F``). The step uses the same ``Updater`` groups ("d", "gf") as
@@ -82,14 +83,18 @@ def sincut_step(nets: CUTNets, updater: Updater, real_a: torch.Tensor, real_b: t
     updater.zero_grad("d")
     real_b_grad = real_b.detach().requires_grad_(True)
     with autocast, d_precision:
-        pred = nets.d(d_input(torch.cat((fake_b.detach(), real_b_grad), dim=0)))
+        pred = nets.d(d_input(torch.cat((fake_b.detach(), real_b), dim=0)))
         loss_d_fake = gan(pred[:n_a], False)
         loss_d_real = gan(pred[n_a:], True)
         loss_gan_d = (loss_d_fake + loss_d_real) * 0.5
-    if loss_cfg.lambda_r1 > 0:
-        loss_r1 = r1_penalty(pred[n_a:], real_b_grad, loss_cfg.lambda_r1)
-    else:
-        loss_r1 = loss_gan_d.new_zeros(())
+        # R1 through the unwrapped D, in a forward of its own on the real crops (D is deterministic: the same
+        # D(y) as above). DeepSpeed hooks the backward of its engine's outputs and would run its gradient
+        # reduction at the end of R1's inner autograd.grad; the parameter gradients of R1 still reach DDP's and
+        # DeepSpeed's reduction through the outer backward, like every other term's.
+        if loss_cfg.lambda_r1 > 0:
+            loss_r1 = r1_penalty(d_for_g(d_input(real_b_grad)), real_b_grad, loss_cfg.lambda_r1)
+        else:
+            loss_r1 = loss_gan_d.new_zeros(())
     loss_d = loss_gan_d + loss_r1
     updater.backward("d", loss_d)
     updater.step("d")
