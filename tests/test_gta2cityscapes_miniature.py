@@ -1,7 +1,7 @@
 """GTA5 -> Cityscapes end to end in miniature: synthetic frames in both datasets' folder layouts and at their full
 sizes -> ``python -m cutdist.shards write`` (per-split folders, held-out testA, re-encoded 1024-wide JPEG) ->
 ``python -m cutdist.train --config jobs/gta2cityscapes.yaml`` shrunk to one CPU step (the recipe's data
-settings kept: scale_width_and_crop, load 1024, crop 512), with its FID on Cityscapes val."""
+settings kept: scale_width_and_crop, load 1024, crop 512), with its FID and KID on Cityscapes val."""
 from __future__ import annotations
 
 import json
@@ -65,7 +65,7 @@ def test_miniature_layouts_write_and_train_one_step(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = [json.loads(line) for line in (runs / "mini" / "metrics.jsonl").read_text().splitlines()]
     assert metrics[0]["step"] == 1
-    assert any("fid" in m and m.get("fid_n_images") == 2 for m in metrics), metrics
+    assert any("fid" in m and "kid" in m and m.get("fid_n_images") == 2 for m in metrics), metrics
     checkpoints = sorted((runs / "mini").glob("checkpoint_0*"))
     payload = __import__("torch").load(checkpoints[-1] / "model.pt", weights_only=True)
     assert payload["config"]["data"]["crop_size"] == 512 and payload["step"] == 1
