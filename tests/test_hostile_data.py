@@ -49,15 +49,19 @@ def run(args: list[str], cwd: Path, timeout: float = 120, **kw) -> subprocess.Co
 
 # ------------------------------------------------------------------------------ 1. shell injection, 4. escape
 
-def test_manifest_shard_name_cannot_run_a_command(synth, tmp_path):
+def test_manifest_shard_name_cannot_run_a_command(synth, tmp_path, capsys, monkeypatch):
+    from cutdist import shards
+
     hostile = copy_with_shard_name(synth, tmp_path / "hostile", "testB-000000.tar",
                                    "testB-000000.tar; touch PWNED")
-    result = run(["-m", "cutdist.shards", "inspect", "--verify", f"pipe:cat {hostile}"], cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)   # where the injected command would write
+    rc = shards.main(["inspect", "--verify", f"pipe:cat {hostile}"])
+    captured = capsys.readouterr()
     assert not (tmp_path / "PWNED").exists()
-    assert result.returncode == 2, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "not a plain file name" in lines[0] and "row " in lines[0], result.stderr
-    assert "verify: OK" not in result.stdout
+    assert rc == 2, captured.out + captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "not a plain file name" in lines[0] and "row " in lines[0], captured.err
+    assert "verify: OK" not in captured.out
 
 
 @pytest.mark.parametrize("name", ["/etc/passwd", "../x.tar", "sub/testA-000000.tar", "-rf.tar", "a b.tar",
@@ -282,9 +286,13 @@ def test_device_decode_refuses_too_many_pixels_before_decoding(tmp_path):
 # ------------------------------------------------------------------------------ 2. credentials never leak
 
 @pytest.mark.slow
-def test_url_credentials_appear_in_no_output_and_no_run_file(synth, tmp_path):
+def test_url_credentials_appear_in_no_output_and_no_run_file(synth, tmp_path, capfd):
     import shutil
+    import warnings
 
+    from cutdist import config
+    from cutdist.data import resolve_splits
+    from cutdist.train.loop import run_local
     from data_fixtures import ServedDirectory, flip_byte, member_offsets
 
     served = tmp_path / "served"
@@ -293,28 +301,19 @@ def test_url_credentials_appear_in_no_output_and_no_run_file(synth, tmp_path):
     offset, _ = member_offsets(shard)["000002.png"]
     flip_byte(shard, offset + 40)
     run_dir = tmp_path / "run"
-    with ServedDirectory(served) as url:
+    with ServedDirectory(served) as url, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         root = url.replace("http://", "http://user:secret@")
-        script = textwrap.dedent(f"""
-            import sys
-            from cutdist import config
-            from cutdist.data import DataError, resolve_splits
-            from cutdist.train.loop import run_local
-            cfg = config.load({str(ROOT / 'jobs' / 'smoke.yaml')!r}, {{"data.root": {root!r},
-                              "storage_path": {str(tmp_path)!r}, "train.num_workers": 1, "optim.max_steps": 3,
-                              "logging.sample_every_steps": 3, "logging.tensorboard": True}})
-            run_local(cfg, resolve_splits(cfg.data), run_dir={str(run_dir)!r})
-            cfg = config.load({str(ROOT / 'jobs' / 'smoke.yaml')!r}, {{"data.root": {root + '/nothing'!r}}})
-            try:
-                resolve_splits(cfg.data)
-            except DataError as err:
-                print(f"error: {{err}}", file=sys.stderr)
-        """)
-        result = run(["-c", script], cwd=tmp_path, timeout=180)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-3000:]
+        cfg = config.load(ROOT / "jobs" / "smoke.yaml", {
+            "data.root": root, "storage_path": str(tmp_path), "train.num_workers": 1, "optim.max_steps": 3,
+            "logging.sample_every_steps": 3, "logging.tensorboard": True})
+        run_local(cfg, resolve_splits(cfg.data), run_dir=run_dir)
+        with pytest.raises(DataError) as missing:
+            resolve_splits(config.load(ROOT / "jobs" / "smoke.yaml", {"data.root": root + "/nothing"}).data)
+    captured = capfd.readouterr()
+    output = captured.out + captured.err + "\n".join(str(w.message) for w in caught) + str(missing.value)
     assert "skipped key 000002" in output and "http://***@127.0.0.1" in output, output[-3000:]
-    assert "error: http://***@127.0.0.1" in output
+    assert str(missing.value).startswith("http://***@127.0.0.1")
     assert "secret" not in output
     files = [p for p in run_dir.rglob("*") if p.is_file()]
     assert any(p.name == "model.pt" for p in files)

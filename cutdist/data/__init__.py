@@ -7,6 +7,8 @@
 - ``cutdist.data.splits``: ``Splits``, ``resolve_splits`` (driver side, before workers start)
 - ``cutdist.data.stream``: ``unpaired_loader``, ``test_loader``, ``load_test_pairs``, ``steps_per_epoch``
 - ``cutdist.data.indexed``: ``split_index`` (image members' byte offsets from the tar headers), ``MemberReader``
+- ``cutdist.data.members``: the bounds every shard reader applies (``tar_members``, ``check_member``,
+  ``open_image``: member sizes, image pixels); a new reader of shards must go through it
 - ``cutdist.data.transforms``: decoding and the paper's augmentations
 - ``cutdist.data.synth``: the demo domains and ``write_synth_dataset``
 - ``cutdist.data.frames``: synthetic GTA5 / Cityscapes frames in their folder layouts (tests, benchmarks)
