@@ -282,3 +282,15 @@ def test_sweep_whose_stored_url_lost_its_credentials_is_not_resumed(tmp_path, ca
     rc = tune_cli.main(["--resume", str(sweep)])
     err = capsys.readouterr().err
     assert rc == 2 and len(lines(err)) == 1 and "job_values.data.root" in err and "credentials" in err, err
+
+
+def test_best_config_yaml_carries_no_credentials(tmp_path):
+    from cutdist.tune.results import TERMINATED, write_best_config
+    from cutdist.tune.space import parse_space
+    from test_tune_cli import SPACE, summary
+
+    space = parse_space(SPACE, {"data.root": "http://user:secret@127.0.0.1:1/shards"})
+    best = write_best_config(summary("a", 1.0, "all", TERMINATED, 50.0, tmp_path), space, tmp_path / "best.yaml",
+                             name="sweep-best", storage_path="s3://bucket/runs?X-Amz-Security-Token=secret")
+    text = best.read_text()
+    assert "secret" not in text and "http://***@127.0.0.1:1/shards" in text
