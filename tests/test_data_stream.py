@@ -97,7 +97,8 @@ def test_corrupt_sample_and_truncated_shard_are_warned_skipped_counted(demo, tmp
     messages = {str(w.message) for w in caught}
     assert any("key 000007 in shard" in m and m.endswith("trainA-000003.tar: cannot decode png: OSError: "
                                                          "image file is truncated") for m in messages), messages
-    assert any("the whole shard in shard" in m and "trainB-000005.tar: ReadError" in m for m in messages), messages
+    # the index keeps the first member (its header is whole); reading it would come up short and be stood in for
+    assert any("after key 000010 in shard" in m and "trainB-000005.tar: ReadError" in m for m in messages), messages
     assert sum(b["skipped"] for b in batches) >= 1   # the truncated shard is warned about when indexed
     assert "000007" not in {k for b in batches for k in b["keys_a"]}
     # the count crosses the worker-process boundary too
@@ -221,3 +222,16 @@ def test_a_server_without_range_requests_is_one_clear_error(demo):
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def test_index_keeps_the_members_before_a_hostile_one_and_refuses_compressed_shards(tmp_path):
+    from test_hostile_data import gzip_bomb_tar, negative_size_tar
+
+    from cutdist.data import indexed
+
+    # random access would loop back to the first header forever on the negative size
+    index = indexed.split_index([str(negative_size_tar(tmp_path / "neg.tar"))])
+    assert index.key == ["000000"] and len(index.problems) == 1
+    assert index.problems[0][1] == "the rest of the shard after key 000000" and "negative size" in index.problems[0][2]
+    index = indexed.split_index([str(gzip_bomb_tar(tmp_path / "gz.tar", 2 ** 20))])
+    assert len(index) == 0 and "ReadError" in index.problems[0][2]

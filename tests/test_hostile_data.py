@@ -124,7 +124,8 @@ def test_training_on_empty_shards_ends_with_an_error_within_seconds(synth, tmp_p
     elapsed = time.monotonic() - start
     assert result.returncode == 2, result.stderr[-2000:]
     error = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(error) == 1 and "trainA-" in error[0] and "no readable sample" in error[0], result.stderr[-2000:]
+    assert len(error) == 1 and "trainA-" in error[0] and "no readable sample" in error[0]
+    assert "no samples (an empty tar" in error[0], result.stderr[-2000:]
     assert elapsed < 60
 
 

@@ -16,7 +16,14 @@ Why not WebDataset's own indexed reader (``wids``, a separate package since webd
 remote shard whole into a local cache before reading from it; range reads avoid the copy (GTA5 is ~60 GB), and
 its index is built from the same tar headers.
 
-``pipe:`` locations (a command's output) cannot be read at an offset: training on them is refused with one line.
+``pipe:`` locations (a command's output) cannot be read at an offset: training on them is refused with one line,
+and so are compressed tars (their offsets are not file offsets).
+
+This is the one random-access tar reader (``cutdist.data.members`` is the streaming one): it opens shards with
+``tarfile`` in ``r:`` mode and passes every header through ``members.check_member``, which stops the shard at a
+member declaring a negative size (random access would loop back to an earlier header) or more than
+``members.MAX_MEMBER_BYTES``, so every indexed read is bounded; images are
+decoded through ``members.open_image`` (``transforms.decode_rgb``) or the device decoder, both pixel-bounded.
 """
 from __future__ import annotations
 
@@ -80,7 +87,7 @@ def _scan(url: str, number: int, index: SplitIndex) -> None:
     """Append the image members of one shard; a shard that cannot be opened or breaks midway keeps what was read
     before and records the problem."""
     pending: dict[str, tuple[int, int]] = {}
-    current, last = None, None
+    current, last, before = None, None, len(index)
 
     def flush() -> None:
         nonlocal pending, last
@@ -108,7 +115,8 @@ def _scan(url: str, number: int, index: SplitIndex) -> None:
         return
     try:
         with tarfile.open(fileobj=stream, mode="r:") as tar:
-            for member in tar:
+            while (member := tar.next()) is not None:
+                tar.members = []   # keep no headers
                 check_member(member, url)   # the shared bounds (cutdist.data.members): a size < 0 loops tarfile
                 if not member.isreg():
                     continue
@@ -121,7 +129,11 @@ def _scan(url: str, number: int, index: SplitIndex) -> None:
                 pending[ext] = (member.offset_data, member.size)
             flush()
             current = None
-    except Exception as err:   # tarfile.ReadError (truncated, not a tar), a failed range request, ...
+        found = len(index) > before or any(problem[0] == url for problem in index.problems)
+        if not found:
+            index.problems.append((url, "the whole shard", "no samples (an empty tar, or directories only)"))
+    except Exception as err:   # tarfile.ReadError (truncated, compressed, not a tar), a failed range request, ...
+        flush()   # the members read before the failure are whole
         what = f"the rest of the shard after key {last}" if last else "the whole shard"
         reason = err.reason if isinstance(err, MemberError) else describe_error(err)
         index.problems.append((url, what, f"{err.__class__.__name__}: {reason}"))
