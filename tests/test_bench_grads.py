@@ -144,3 +144,16 @@ def test_usage_errors_exit_2_with_one_line(capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_sincut_channels_last_and_bf16_within_tolerance_and_compile_refused(capsys):
+    """SinCUT's step (R1's double backward included) under the network switches; compile is refused up front."""
+    cfg = config.from_dict({"model.mode": "sincut", "model.ngf": 1, "model.ndf": 4, "model.n_blocks": 2,
+                            "model.netf_nc": 16, "loss.nce_layers": [0, 2, 3], "data.crop_size": 16,
+                            "data.batch_size": 2, "data.image_a": "a", "data.image_b": "b"})
+    for name in ("channels_last", "bf16"):
+        out = check_case(cfg, SWITCHES[name], Case("sincut", 2, False), CPU)
+        assert out["passed"], (name, out)
+    assert grads.cases_for(["sincut"], [1, 2]) == [Case("sincut", 1, False), Case("sincut", 2, False)]
+    assert main(["--config", SMOKE, "--modes", "sincut", "--switch", "channels_last+compile"]) == 2
+    assert "sincut refuses compile: SinCUT's R1 penalty needs a double backward" in capsys.readouterr().err

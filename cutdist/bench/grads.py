@@ -1,6 +1,6 @@
 """``python -m cutdist.bench grads --config JOB --switch NAME [--device D]``: is a fast-path switch gradient-exact?
 
-  [--modes cut,fastcut] [--batches 1,2] [--compile-backend inductor|aot_eager] [key=value ...]
+  [--modes cut,fastcut|sincut] [--batches 1,2] [--compile-backend inductor|aot_eager] [key=value ...]
 
 One training step from the same weights, batch, patch ids and flip coin, once plain (fp32, NCHW, eager, for-loop
 Adam, CPU decode) and once with the switch; prints ONE JSON line with the maximum relative difference per net
@@ -20,7 +20,10 @@ JPEG bytes and crop/flip draws, through the same plain step; ``pixel_max_diff`` 
 Exit 0 when every net is within the tolerance, 1 when one is not (or compile fell back to eager, which would check
 nothing), 2 on a usage error. Never imports Ray or DeepSpeed.
 
-Adding a mode (a new objective, e.g. SinCUT): ``register_mode(name, Mode(...))`` with its network builder and its step
+SinCUT (``--modes sincut --config jobs/sincut_smoke.yaml``): unflipped cases only (no flip coin), the decoder's
+noise seeded alike in both steps, ``compile`` refused (R1's double backward).
+
+Adding a mode (a new objective): ``register_mode(name, Mode(...))`` with its network builder and its step
 function; the step must drive its updates through the ``Updater`` protocol of ``cutdist.model.cut``.
 """
 from __future__ import annotations
@@ -93,6 +96,8 @@ class Mode:
     job: Callable[[config.JobConfig, Case], config.JobConfig]
     batch: Callable[[config.JobConfig, Case, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
     optimizers: Callable[..., dict[str, torch.optim.Optimizer]] = make_optimizers   # (nets, optim_cfg, fused=)
+    flips: bool = True                   # the objective has a flip coin (else only unflipped cases are run)
+    refuses: dict[str, str] = field(default_factory=dict)   # switch -> why this mode cannot train with it
 
 
 def _cut_job(cfg: config.JobConfig, case: Case) -> config.JobConfig:
@@ -114,6 +119,31 @@ def _cut(nets, updater, real_a, real_b, cfg, *, generator, flip_generator):
 
 
 MODES: dict[str, Mode] = {name: Mode(build_nets, _cut, _cut_job, _random_images) for name in ("cut", "fastcut")}
+
+
+def _sincut_nets(cfg: config.JobConfig) -> CUTNets:
+    from cutdist.model.sincut import build_sincut_nets
+
+    return build_sincut_nets(cfg)
+
+
+def _sincut(nets, updater, real_a, real_b, cfg, *, generator, flip_generator):
+    from cutdist.model.sincut import sincut_step
+
+    torch.manual_seed(0)    # the decoder's noise: the same draws in the plain and the switched step
+    return sincut_step(nets, updater, real_a, real_b, cfg.loss, generator=generator, precision=cfg.train.precision,
+                       bf16_discriminator=cfg.train.bf16_discriminator)
+
+
+def _sincut_job(cfg: config.JobConfig, case: Case) -> config.JobConfig:
+    cfg = copy.deepcopy(cfg)
+    cfg.data.batch_size = case.batch
+    return cfg
+
+
+MODES["sincut"] = Mode(_sincut_nets, _sincut, _sincut_job, _random_images, flips=False, refuses={
+    "compile": "SinCUT's R1 penalty needs a double backward, which torch.compile (AOTAutograd) does not support; "
+               "the config refuses train.compile for sincut"})
 
 
 def register_mode(name: str, mode: Mode) -> None:
@@ -444,7 +474,8 @@ def decoded_batches(cfg: config.JobConfig, case: Case, device: torch.device, *, 
 
 
 def cases_for(modes: list[str], batches: list[int]) -> list[Case]:
-    return [Case(mode, batch, flipped) for mode in modes for flipped in (False, True) for batch in batches]
+    return [Case(mode, batch, flipped) for mode in modes
+            for flipped in ((False, True) if MODES[mode].flips else (False,)) for batch in batches]
 
 
 def run_check(cfg: config.JobConfig, switch_name: str, device: torch.device, *, modes: list[str],
@@ -529,6 +560,10 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--batches: expected comma-separated integers, got {args.batches!r}") from None
         if not batches or min(batches) < 1:
             raise UsageError(f"--batches: every batch size must be >= 1, got {args.batches!r}")
+        refused = [f"{m} refuses {n}: {MODES[m].refuses[n]}" for m in modes for n in args.switch.split("+")
+                   if n in MODES[m].refuses]
+        if refused:
+            raise UsageError(f"--switch {args.switch}: " + "; ".join(refused))
         if not Path(args.config).is_file():
             raise UsageError(f"--config: no such file {args.config}")
         device = choose_device(args.device)

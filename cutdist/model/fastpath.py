@@ -108,12 +108,22 @@ def apply_fast_path(nets: CUTNets, *, channels_last: bool = False, compile: bool
     for name in NET_NAMES:
         module: nn.Module = getattr(nets, name)
         if channels_last:
-            module.to(memory_format=torch.channels_last)
+            to_channels_last(module)
         if compile:
             if isinstance(module.__dict__.get("forward"), CompiledForward):
                 raise ValueError(f"apply_fast_path: {name} is already compiled")
             module.forward = CompiledForward(name.upper(), module.forward, mode=compile_mode, backend=backend)
     return nets
+
+
+def to_channels_last(module: nn.Module) -> nn.Module:
+    """Every 4-D parameter and buffer of ``module`` in NHWC, in place. ``Module.to(memory_format=...)`` would also
+    try its 5-D tensors (SinCUT's modulated-conv weight, shape (1, out, in, k, k)) and fail on them."""
+    with torch.no_grad():
+        for tensor in (*module.parameters(), *module.buffers()):
+            if tensor.dim() == 4:
+                tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+    return module
 
 
 def compile_failures(nets: CUTNets) -> dict[str, str]:
