@@ -512,6 +512,7 @@ def validate(cfg: JobConfig) -> JobConfig:
            f"must be a multiple of 4, >= 16, got {d.synth_size}")
 
     _check(t.num_workers >= 1, "train.num_workers", f"must be >= 1, got {t.num_workers}")
+    _check(0 <= t.seed < 2**32, "train.seed", f"must be in [0, 2**32), got {t.seed}")
     _one_of(cfg, "train.strategy", ["ddp", "deepspeed"])
     _one_of(cfg, "train.precision", ["fp32", "bf16"])
     _check(not t.bf16_discriminator or t.precision == "bf16", "train.bf16_discriminator",

@@ -15,7 +15,7 @@ from PIL import Image
 
 from cutdist.config import DataConfig
 from cutdist.data import CorruptSampleWarning, DataError, resolve_splits
-from cutdist.data.stream import load_test_pairs, steps_per_epoch, test_loader, unpaired_loader
+from cutdist.data.stream import load_test_pairs, test_loader, unpaired_loader
 from cutdist.data.synth import write_synth_dataset
 from cutdist.data.transforms import TrainAugment
 
@@ -46,14 +46,6 @@ def _rewrite(shard, change) -> None:
         for i, (name, data) in enumerate(members):
             key, ext = name.split(".")
             writer.write({"__key__": key, ext: change(i, key, data)})
-
-
-def test_steps_per_epoch():
-    assert steps_per_epoch(16, 2, 2) == 4
-    assert steps_per_epoch(17, 2, 2) == 5
-    assert steps_per_epoch(1, 4, 8) == 1
-    with pytest.raises(DataError):
-        steps_per_epoch(0, 1, 1)
 
 
 def test_batches_shapes_range_and_exact_steps_on_every_rank(demo):

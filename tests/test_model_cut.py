@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from cutdist import config
-from cutdist.model.cut import LocalUpdater, cut_step, lr_factor, make_optimizers
+from cutdist.model.cut import LocalUpdater, cut_step, make_optimizers
 from cutdist.model.losses import GANLoss
 from cutdist.model.networks import build_nets
 from cutdist.model.patchnce import patchnce_loss
@@ -208,19 +208,6 @@ def test_negatives_from_minibatch_changes_the_contrastive_batch():
     _, (per_image, *_) = run_steps(base, steps=1)
     _, (whole, *_) = run_steps(single, steps=1)
     assert whole["nce"] > per_image["nce"]                     # more negatives per query
-
-
-def test_lr_factor_matches_the_reference_linear_policy():
-    def reference(e, n_epochs, n_epochs_decay, epoch_count=1):
-        # models/networks.py get_scheduler('linear'): LambdaLR index e = 0 in the first epoch
-        return 1.0 - max(0, e + epoch_count - n_epochs) / float(n_epochs_decay + 1)
-
-    for epochs, decay in ((200, 200), (150, 50), (3, 0), (0, 5)):
-        for e in range(epochs + decay):
-            assert lr_factor(e, epochs, decay) == pytest.approx(reference(e, epochs, decay))
-    assert lr_factor(199, 200, 200) == 1.0 and lr_factor(200, 200, 200) == pytest.approx(200 / 201)
-    assert lr_factor(399, 200, 200) == pytest.approx(1 / 201)
-    assert lr_factor(500, 200, 200) == 0.0
 
 
 def test_make_optimizers_cover_g_and_f_in_one_adam():

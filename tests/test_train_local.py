@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from cutdist import config
-from cutdist.train.state import load_train_state, resolve_checkpoint, CheckpointError
+from cutdist.train.checkpoint import CheckpointError, load_train_state, resolve_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "jobs" / "smoke.yaml"
@@ -82,7 +82,7 @@ def test_checkpoints_resume_exactly(shards, tmp_path):
 
 
 def test_resume_refuses_another_architecture(shards, tmp_path):
-    from cutdist.train.launcher import resolve_resume
+    from cutdist.train.checkpoint import resolve_resume
     cfg = smoke_cfg(shards, tmp_path, **{"optim.max_steps": 3})
     train(cfg, tmp_path / "run")
     other = smoke_cfg(shards, tmp_path, **{"model.ngf": 16, "checkpoint.resume_from": str(tmp_path / "run")})
@@ -173,7 +173,8 @@ def test_deepspeed_zero1_single_process_matches_ddp_and_resumes(shards, tmp_path
 def test_build_trainer_settings(shards, tmp_path):
     """The one TorchTrainer: scaling, storage, retention by FID, failures, backend; Tune's name/storage override."""
     from cutdist.data import resolve_splits
-    from cutdist.train.launcher import CKPT_SCORE, build_trainer
+    from cutdist.train.checkpoint import SCORE_KEY
+    from cutdist.train.launcher import build_trainer
 
     cfg = smoke_cfg(shards, tmp_path, **{"train.num_workers": 3, "train.resources_per_worker": {"CPU": 2},
                                          "checkpoint.max_failures": 2, "checkpoint.num_to_keep": 4})
@@ -183,7 +184,7 @@ def test_build_trainer_settings(shards, tmp_path):
     assert run.name == "trial_7" and run.storage_path == str(tmp_path / "sweep")
     assert run.failure_config.max_failures == 2
     ckpt = run.checkpoint_config
-    assert (ckpt.num_to_keep, ckpt.checkpoint_score_attribute, ckpt.checkpoint_score_order) == (4, CKPT_SCORE, "min")
+    assert (ckpt.num_to_keep, ckpt.checkpoint_score_attribute, ckpt.checkpoint_score_order) == (4, SCORE_KEY, "min")
     assert trainer.backend_config.backend == "gloo"
     loop = trainer.train_loop_config
     assert loop["logs_dir"] == str(tmp_path / "sweep" / "trial_7")

@@ -106,7 +106,7 @@ def test_deepspeed_zero1_survives_a_killed_worker_and_resumes_exactly(connected,
     from cutdist.data import resolve_splits
     from cutdist.train.launcher import build_trainer
     from cutdist.train.loop import run_local
-    from cutdist.train.state import load_train_state
+    from cutdist.train.checkpoint import load_train_state
 
     every = 4
     cfg = job_config(shards, tmp_path, name="ds_kill", **{

@@ -5,7 +5,7 @@
   re-encoding: ``Encoding``) and ``ShardSetWriter`` (generated images, in one go)
 - ``cutdist.data.inspection``: ``inspect_shards``, ``verify_shards``
 - ``cutdist.data.splits``: ``Splits``, ``resolve_splits`` (driver side, before workers start)
-- ``cutdist.data.stream``: ``unpaired_loader``, ``test_loader``, ``load_test_pairs``, ``steps_per_epoch``
+- ``cutdist.data.stream``: ``unpaired_loader``, ``test_loader``, ``load_test_pairs``
 - ``cutdist.data.indexed``: ``split_index`` (image members' byte offsets from the tar headers), ``MemberReader``
 - ``cutdist.data.members``: the bounds every shard reader applies (``tar_members``, ``check_member``,
   ``open_image``: member sizes, image pixels); a new reader of shards must go through it

@@ -46,6 +46,7 @@ from cutdist.data.manifest import CorruptSampleWarning, DataError, describe_erro
 from cutdist.data.members import MemberError, tar_members
 from cutdist.data.splits import Splits
 from cutdist.data.transforms import TrainAugment, decode_rgb, image_field, resize_square, stack
+from cutdist.schedule import mix_seed
 
 # Give up when this many samples/shards in a row fail: the data is broken, not a sample.
 MAX_CONSECUTIVE_FAILURES = 1000
@@ -54,22 +55,9 @@ MAX_CONSECUTIVE_FAILURES = 1000
 MAX_CONSECUTIVE_BAD_SHARDS = 50
 
 
-def steps_per_epoch(epoch_size: int, batch_size: int, world_size: int) -> int:
-    """Batches per rank in one epoch: ceil(N / (B * world)), N = max(|A|, |B|) samples seen globally."""
-    if epoch_size < 1 or batch_size < 1 or world_size < 1:
-        raise DataError(f"steps_per_epoch: need an epoch size, batch size and world size >= 1, "
-                        f"got {epoch_size}, {batch_size}, {world_size}")
-    return math.ceil(epoch_size / (batch_size * world_size))
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers, well mixed (numpy SeedSequence), the same on every platform."""
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
-
-
 def epoch_permutation(seed: int, epoch: int, epoch_size: int) -> np.ndarray:
     """The epoch's order of positions, the same on every rank and worker: a permutation of range(N)."""
-    return np.random.default_rng(derive_seed(seed, epoch, ord("P"))).permutation(epoch_size)
+    return np.random.default_rng(mix_seed(seed, epoch, ord("P"))).permutation(epoch_size)
 
 
 def _worker() -> tuple[int, int]:
@@ -215,7 +203,7 @@ class _UnpairedStream(IterableDataset):
     def _batch(self, step: int, perm: np.ndarray, reader: MemberReader, skips: SkipCounter) -> dict:
         positions = self.positions(step)
         # one generator per (seed, epoch, rank, step): B draws, stand-ins and augmentations
-        rng = np.random.default_rng(derive_seed(self.seed, self.epoch, self.rank, positions[0], ord("S")))
+        rng = np.random.default_rng(mix_seed(self.seed, self.epoch, self.rank, positions[0], ord("S")))
         picks = {"a": [int(perm[p % self.epoch_size]) % len(self.index["a"]) for p in positions],
                  "b": [int(i) for i in rng.integers(0, len(self.index["b"]), size=len(positions))]}
         batch: dict = {"step": step, "positions": positions, "skipped": 0}

@@ -5,11 +5,14 @@ one rank), accumulates Inception sufficient statistics, and the statistics are a
 that of the whole split, whatever the number of ranks. Rank 0 computes the Fréchet distance and broadcasts
 it: every rank returns the same dict. With the reference's features (``ref_features``) the same activations
 also give the KID (``cutdist.eval.kid``): every rank's features are all-gathered (in image-key order, so the
-subsets drawn do not depend on the number of ranks), rank 0 computes it and broadcasts it with the FID. Translations are scored as float images in [0, 1] (no 8-bit rounding
-as saving PNGs would add).
+subsets drawn do not depend on the number of ranks), rank 0 computes it and broadcasts it with the FID.
+Translations are scored as float images in [0, 1] (no 8-bit rounding as saving PNGs would add).
+``FidEvaluator`` is the training loop's: built once per run, called at every evaluation step.
 """
 from __future__ import annotations
 
+import time
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -121,3 +124,54 @@ def _all_ranks_agree(flag: bool) -> bool:
     value = torch.tensor([1 if flag else 0], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MIN)
     return bool(value.item())
+
+
+class FidEvaluator:
+    """FID and KID of G(test A) against the real test B during training, every rank translating its share.
+
+    Built on every rank (``rank`` of ``world_size``, images on ``device``); the reference statistics and features
+    are computed (or read from their cache) on rank 0 once, then broadcast. ``evaluator(g)`` is a collective: every
+    rank calls it at the same step, and every rank gets the same ``{"fid", "fid_backbone", "fid_real",
+    "fid_n_images", "kid", "kid_std", "kid_subset_size", "fid_seconds"}``.
+    """
+
+    def __init__(self, cfg: Any, splits: Any, *, rank: int, world_size: int, device: torch.device) -> None:
+        from cutdist.eval.inception import backbone_caveat, load_inception
+        from cutdist.eval.reference import reference_stats
+
+        self.cfg, self.splits = cfg, splits
+        self.rank, self.world_size, self.device = rank, world_size, device
+        self.model, self.backbone = load_inception(cfg.eval.inception_weights, device)
+        caveat = backbone_caveat(self.backbone)
+        if rank == 0 and caveat:
+            print(f"[cutdist.train] warning: FID backbone {self.backbone}: {caveat}", flush=True)
+        ref = [None, None, None]
+        if rank == 0:   # the features too: KID (cutdist.eval.kid) from the same activations
+            ref = list(reference_stats(splits.test_b, model=self.model, backbone=self.backbone,
+                                       size=cfg.data.crop_size, batch_size=cfg.eval.batch_size, device=device,
+                                       cache_dir=cfg.eval.cache_dir, manifest=splits.manifest, with_features=True))
+        if world_size > 1:
+            dist.broadcast_object_list(ref, src=0)
+        self.ref_mu, self.ref_sigma, self.ref_features = ref
+
+    def __call__(self, g: nn.Module) -> dict[str, Any]:
+        from cutdist.data.stream import test_loader
+
+        batches = test_loader(self.splits.test_a, rank=self.rank, world_size=self.world_size,
+                              size=self.cfg.data.crop_size, batch_size=self.cfg.eval.batch_size,
+                              max_images=self.cfg.eval.max_images)
+        was_training = g.training
+        g.eval()
+        t0 = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                out = fid_during_training(lambda x: g(x.to(self.device)), batches,   # (keys, images): KID order
+                                          model=self.model, backbone=self.backbone, ref_mu=self.ref_mu,
+                                          ref_sigma=self.ref_sigma, device=self.device,
+                                          ref_features=self.ref_features)
+        finally:
+            g.train(was_training)
+        return {"fid": float(out["fid"]), "fid_backbone": out["backbone"], "fid_real": bool(out["real_fid"]),
+                "fid_n_images": int(out["n_images"]), "kid": float(out["kid"]), "kid_std": float(out["kid_std"]),
+                "kid_subset_size": int(out["kid_subset_size"]), "fid_seconds": time.perf_counter() - t0}

@@ -69,20 +69,6 @@ def make_optimizers(nets: CUTNets, optim_cfg: OptimConfig, fused: bool = False) 
     }
 
 
-def lr_factor(epoch: int, epochs: int, epochs_decay: int) -> float:
-    """The reference's 'linear' policy: lr factor for the epoch ``epoch`` (counted from 0).
-
-    The reference computes ``1 - max(0, e + epoch_count - n_epochs) / (n_epochs_decay + 1)`` with its scheduler
-    index e = 0 during the first epoch (epoch_count = 1, stepped at the end of every epoch). Our epoch ``i``
-    (0-based) is its e = i, so the factor is ``1 - max(0, i + 1 - epochs) / (epochs_decay + 1)``: 1 for epochs
-    0 .. epochs-1, then 1 - 1/(d+1), ..., 1/(d+1) in the last epoch (epochs + epochs_decay - 1). Beyond the
-    schedule it is clamped at 0 (the reference would go negative; it never trains that long).
-    """
-    if epoch < 0 or epochs < 0 or epochs_decay < 0:
-        raise ValueError(f"lr_factor: negative argument (epoch={epoch}, epochs={epochs}, epochs_decay={epochs_decay})")
-    return max(0.0, 1.0 - max(0, epoch + 1 - epochs) / float(epochs_decay + 1))
-
-
 def _set_requires_grad(net: nn.Module, flag: bool) -> None:
     for p in net.parameters():
         p.requires_grad_(flag)

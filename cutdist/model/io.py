@@ -9,12 +9,14 @@ A cutdist checkpoint is a directory; its ``model.pt`` holds::
 
 Plain CPU tensors only (read back with ``torch.load(weights_only=True)``), written atomically (temp file in the
 same directory + ``os.replace``). Keys are saved without a leading ``module.`` / ``_orig_mod.`` so wrapped
-(DDP, DeepSpeed, torch.compile) and plain models save the same file. Training state lives beside it (train/).
+(DDP, DeepSpeed, torch.compile) and plain models save the same file. ``translate``, ``convert`` and ``fid``
+read and write this file alone; a training checkpoint directory as a whole (training state beside it,
+resolving, validating, retention) belongs to ``cutdist.train.checkpoint``.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -94,14 +96,19 @@ def save_model(ckpt_dir: str | Path, nets_or_state_dicts: CUTNets | Mapping[str,
     }
     ckpt_dir = Path(ckpt_dir).expanduser()
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    final = ckpt_dir / MODEL_FILE
-    tmp = ckpt_dir / f".{MODEL_FILE}.tmp-{os.getpid()}"
+    return write_atomic(ckpt_dir / MODEL_FILE, lambda tmp: torch.save(payload, tmp))
+
+
+def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
+    """``write(tmp)`` into a temporary file beside ``path``, then rename it onto ``path``: readers see the old
+    file or the whole new one, never a part (the one atomic write of every checkpoint file)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        torch.save(payload, tmp)
-        os.replace(tmp, final)
+        write(tmp)
+        os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return final
+    return path
 
 
 def load_model(ckpt_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], JobConfig]:

@@ -1,8 +1,8 @@
 """``python -m cutdist.train [--config jobs/X.yaml] [key=value ...]``: validate, then train on Ray.
 
 Order of business, so that a bad job fails in a second with one line and no cluster touched:
-config (exit 2) -> demo shards if asked (data.synth_if_missing) -> shard resolution (exit 2) -> FID weights
-(exit 2) -> resume checkpoint (exit 2) -> ``ray.init()`` (RAY_ADDRESS / the cluster this job was submitted to,
+config (exit 2) -> ``cutdist.train.preflight.preflight``: paths, demo shards if asked, shards, FID's test split
+and weights, resume checkpoint (exit 2) -> ``ray.init()`` (RAY_ADDRESS / the cluster this job was submitted to,
 else a new local one) -> ``build_trainer(...).fit()`` -> where everything is.
 With no ``--config`` it runs the demo, ``jobs/demo.yaml``.
 """
@@ -54,31 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         return fail(str(err))
     from cutdist.train import launcher
+    from cutdist.train.preflight import PreflightError, preflight
 
-    launcher.absolutize_paths(cfg)   # workers do not share the driver's working directory
-
-    from cutdist.data import DataError, resolve_splits
-    from cutdist.model.io import ModelIOError
-    from cutdist.train.state import CheckpointError
-    from cutdist.eval.inception import weights_problem
-
-    try:
-        announce_synthesis(cfg)
-        splits = resolve_splits(cfg.data)   # writes the demo shards first when data.synth_if_missing
-    except DataError as err:
-        return fail(str(err))
-    if cfg.eval.enabled and not (splits.test_a and splits.test_b):
-        return fail(f"eval.enabled: {splits.manifest or cfg.data.root} has no testA/testB split to compute FID on "
-                    "(add them, or set eval.enabled=false)")
-    if cfg.eval.enabled:
-        problem = weights_problem(cfg.eval.inception_weights)
-        if problem:
-            return fail(f"eval.inception_weights: {problem}")
     launcher.expand_name(cfg, STARTED_AT)
     try:
-        resume_from = launcher.resolve_resume(cfg)
-    except (CheckpointError, ConfigError, ModelIOError) as err:
+        ready = preflight(cfg, say=lambda line: print(f"[cutdist.train] {line}", flush=True))
+    except PreflightError as err:
         return fail(str(err))
+    splits, resume_from = ready.splits, ready.resume_from
 
     before = paired_quality_at_init(cfg, splits) if splits.test_gt else None
 
@@ -111,13 +94,6 @@ def failure_summary(err: BaseException) -> str:
     return lines[-1] if lines else type(err).__name__
 
 
-def announce_synthesis(cfg: config_mod.JobConfig) -> None:
-    root = Path(cfg.data.root).expanduser()
-    if cfg.data.synth_if_missing and "://" not in cfg.data.root and not (root / "manifest.parquet").is_file():
-        print(f"[cutdist.train] synthesising the demo shards into {root} "
-              f"({cfg.data.synth_count} images per domain, {cfg.data.synth_size} px)", flush=True)
-
-
 def warn_if_short_of_resources(cfg: config_mod.JobConfig, available: dict) -> None:
     from cutdist.train.launcher import worker_resources
 
@@ -138,10 +114,11 @@ def paired_quality_at_init(cfg: config_mod.JobConfig, splits) -> dict | None:
 
 
 def print_summary(cfg, result, launcher, *, before, splits, is_demo: bool) -> None:
+    from cutdist.train.checkpoint import best_checkpoint
     from cutdist.train.demo import paired_quality_of_checkpoint
 
     latest = result.checkpoint.path if result.checkpoint else None
-    best, best_metrics = launcher.best_checkpoint(result)
+    best, best_metrics = best_checkpoint(result)
     logs = Path(launcher.logs_dir(cfg))
     metrics = result.metrics or {}
     print("\n[cutdist.train] done")

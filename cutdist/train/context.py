@@ -2,18 +2,14 @@
 
 The loop asks its context for rank, world size and device, hands it finished checkpoint directories and
 metrics, and asks it for the checkpoint to resume from. ``RayContext`` forwards these to ``ray.train``;
-``LocalContext`` runs the same loop in one plain process (world size 1), writing checkpoints itself into
-``<storage_path>/<name>/checkpoint_<step>`` and keeping the newest ``num_to_keep`` (plus the best-FID one).
+``LocalContext`` runs the same loop in one plain process (world size 1), persisting checkpoints itself into
+``<storage_path>/<name>/checkpoint_<step>`` with Ray's retention rule (``cutdist.train.checkpoint.retain``).
 """
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
-import shutil
 import socket
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,12 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-CHECKPOINT_PREFIX = "checkpoint_"
-
-
-def checkpoint_dir_name(step: int) -> str:
-    """Name of the checkpoint written after ``step`` steps (sortable; the step is part of the name)."""
-    return f"{CHECKPOINT_PREFIX}{step:09d}"
+from cutdist.train import checkpoint
 
 
 class WorkerContext:
@@ -77,9 +68,9 @@ class RayContext(WorkerContext):
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, step: int) -> None:
         import ray.train
 
-        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         # Only rank 0 holds a checkpoint (the state is consolidated); Ray uses rank 0's directory name.
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(step))
+        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=checkpoint.checkpoint_dir_name(step))
 
 
 def _quiet_ray_report_log() -> None:
@@ -114,31 +105,9 @@ class LocalContext(WorkerContext):
         self.reports.append(dict(metrics))
         if checkpoint_dir is None:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        dest = self.run_dir / checkpoint_dir_name(step)
-        staging = Path(tempfile.mkdtemp(dir=self.run_dir, prefix=".staging_"))
-        shutil.copytree(checkpoint_dir, staging, dirs_exist_ok=True)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(staging, dest)
-        self.checkpoints = [(p, s) for p, s in self.checkpoints if p != dest]
-        self.checkpoints.append((dest, _score(metrics)))
-        self._prune()
-
-    def _prune(self) -> None:
-        """Same retention as Ray's CheckpointConfig(num_to_keep, score=ckpt_fid, order=min): best K + latest."""
-        latest = self.checkpoints[-1][0]
-        ranked = sorted(enumerate(self.checkpoints), key=lambda item: (item[1][1], -item[0]))
-        keep = {p for _, (p, _) in ranked[: self.num_to_keep]} | {latest}
-        for path, _ in self.checkpoints:
-            if path not in keep:
-                shutil.rmtree(path, ignore_errors=True)
-        self.checkpoints = [(p, s) for p, s in self.checkpoints if p in keep]
-
-
-def _score(metrics: dict[str, Any]) -> float:
-    value = metrics.get("ckpt_fid", math.inf)
-    return float(value) if isinstance(value, (int, float)) else math.inf
+        dest = checkpoint.persist(checkpoint_dir, self.run_dir, step)
+        kept = [(p, s) for p, s in self.checkpoints if p != dest] + [(dest, checkpoint.score(metrics))]
+        self.checkpoints = checkpoint.retain(kept, self.num_to_keep)
 
 
 def init_single_process_group(backend: str = "gloo") -> None:
@@ -151,9 +120,3 @@ def init_single_process_group(backend: str = "gloo") -> None:
     for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1")):
         os.environ.setdefault(key, value)   # what a launcher would set; DeepSpeed insists on LOCAL_RANK
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)

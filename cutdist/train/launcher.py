@@ -4,30 +4,28 @@
 ScalingConfig(num_workers, use_gpu, resources_per_worker), TorchConfig(backend gloo on CPU / nccl on GPU),
 RunConfig(name, storage_path, CheckpointConfig, FailureConfig(max_failures)).
 
-Checkpoint retention: Ray keeps ``checkpoint.num_to_keep`` checkpoints ranked by ``ckpt_fid`` (the FID measured
-with that checkpoint, +inf when none was), always plus the latest. So with FID on, the best-FID checkpoint
-stays beside the latest; with FID off (all +inf, ties broken by age) it keeps the newest ones.
+Checkpoint retention (``cutdist.train.checkpoint.ray_checkpoint_config``): Ray keeps ``checkpoint.num_to_keep``
+checkpoints ranked by ``ckpt_fid`` (the FID measured with that checkpoint, +inf when none was), always plus the
+latest. So with FID on, the best-FID checkpoint stays beside the latest; with FID off (all +inf, ties broken by
+age) it keeps the newest ones. Before any of this the drivers run ``cutdist.train.preflight.preflight``.
 
 Run directory: ``<storage_path>/<name>/`` holds Ray's ``checkpoint_<step>/`` directories and, for a local
 storage path, the logs (``metrics.jsonl``, ``tensorboard/``, ``samples/``). For object storage the logs stay on
 rank 0's node under ``<tmp>/cutdist_logs/<name>/``. Re-running a job with the same name and storage path
 continues that run (Ray restores its checkpoint list); ``checkpoint.resume_from`` starts a new run from a
-given checkpoint or run directory.
+given checkpoint or run directory (resolved by ``cutdist.train.checkpoint.resolve_resume``).
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
-import math
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from cutdist.config import JobConfig
-from cutdist.train.state import check_compatible, load_train_state, resolve_checkpoint
-
-CKPT_SCORE = "ckpt_fid"
+from cutdist.train.checkpoint import ray_checkpoint_config
+from cutdist.train.preflight import absolute_splits, absolutize_paths, is_remote
 
 
 def expand_name(cfg: JobConfig, now: float | None = None) -> JobConfig:
@@ -36,38 +34,6 @@ def expand_name(cfg: JobConfig, now: float | None = None) -> JobConfig:
     if "{time}" in cfg.name:
         cfg.name = cfg.name.replace("{time}", time.strftime("%Y%m%d-%H%M%S", time.localtime(now)))
     return cfg
-
-
-def is_remote(path: str) -> bool:
-    return "://" in path or path.startswith("pipe:")
-
-
-def _absolute(path: str) -> str:
-    return path if not path or is_remote(path) else str(Path(path).expanduser().absolute())
-
-
-def absolutize_paths(cfg: JobConfig) -> JobConfig:
-    """Local paths in the job made absolute (in place): Ray workers run in their own working directories."""
-    for section, name in (("data", "root"), ("data", "train_a"), ("data", "train_b"), ("data", "test_a"),
-                          ("data", "test_b"), ("checkpoint", "resume_from"), ("eval", "cache_dir")):
-        obj = getattr(cfg, section)
-        setattr(obj, name, _absolute(getattr(obj, name)))
-    if cfg.eval.inception_weights not in ("auto", "random"):
-        cfg.eval.inception_weights = _absolute(cfg.eval.inception_weights)
-    if not is_remote(cfg.storage_path):
-        cfg.storage_path = str(Path(cfg.storage_path).expanduser().absolute())
-    return cfg
-
-
-def absolute_splits(splits: Any) -> Any:
-    """A copy of ``splits`` whose local shard paths and manifest are absolute (relative ones break on workers)."""
-    changes = {f.name: [_absolute(u) for u in getattr(splits, f.name)] for f in dataclasses.fields(splits)
-               if isinstance(getattr(splits, f.name), list)}
-    for name in ("manifest", "root"):
-        value = getattr(splits, name, None)
-        if isinstance(value, str):
-            changes[name] = _absolute(value)
-    return dataclasses.replace(splits, **changes)
 
 
 def run_dir(cfg: JobConfig) -> str:
@@ -85,20 +51,6 @@ def logs_dir(cfg: JobConfig) -> str:
     if is_remote(cfg.storage_path):
         return str(Path(tempfile.gettempdir()) / "cutdist_logs" / cfg.name)
     return run_dir(cfg)
-
-
-def resolve_resume(cfg: JobConfig) -> str:
-    """``checkpoint.resume_from`` -> the checkpoint directory to start from ("" when unset), checked for
-    architecture compatibility. Raises ``CheckpointError`` / ``ConfigError`` naming the key."""
-    if not cfg.checkpoint.resume_from:
-        return ""
-    from cutdist.model.io import load_model
-
-    ckpt = resolve_checkpoint(cfg.checkpoint.resume_from)
-    state, _ = load_model(ckpt)
-    check_compatible(state["config"], cfg, ckpt)
-    load_train_state(ckpt, mmap=True)   # readable, of the right format, before any worker starts
-    return str(ckpt)
 
 
 def loop_config(cfg: JobConfig, splits: Any, *, resume_from: str = "", started_at: float | None = None) -> dict:
@@ -124,7 +76,7 @@ def build_trainer(cfg: JobConfig, splits: Any, *, resume_from: str = "", started
                   train_log_level: str = "WARNING"):
     """One TorchTrainer for the job. ``name``/``storage`` override the run's location (Tune gives each trial its
     own); ``callbacks`` are Ray Train ``UserCallback``s (e.g. Tune's ``TuneReportCallback``)."""
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from cutdist.train.loop import train_loop_per_worker
@@ -139,8 +91,7 @@ def build_trainer(cfg: JobConfig, splits: Any, *, resume_from: str = "", started
     run = RunConfig(
         name=cfg.name,
         storage_path=storage_path(cfg),
-        checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep,
-                                           checkpoint_score_attribute=CKPT_SCORE, checkpoint_score_order="min"),
+        checkpoint_config=ray_checkpoint_config(cfg),
         failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
         callbacks=list(callbacks or []),
         logging_config=LoggingConfig(log_level=train_log_level),   # INFO repeats every report's metrics
@@ -152,13 +103,3 @@ def build_trainer(cfg: JobConfig, splits: Any, *, resume_from: str = "", started
         scaling_config=scaling,
         run_config=run,
     )
-
-
-def best_checkpoint(result: Any) -> tuple[str | None, dict | None]:
-    """The kept checkpoint with the lowest measured FID (None when no checkpoint was evaluated)."""
-    scored = [(m[CKPT_SCORE], c.path, m) for c, m in (result.best_checkpoints or [])
-              if isinstance(m.get(CKPT_SCORE), (int, float)) and math.isfinite(m[CKPT_SCORE])]
-    if not scored:
-        return None, None
-    _, path, metrics = min(scored, key=lambda item: item[0])
-    return path, metrics

@@ -1,31 +1,29 @@
-"""The per-worker training loop: epochs x steps of ``cut_step``, reports, checkpoints, FID, resume.
+"""The per-worker training loop: restore, build, then epochs of step -> log -> evaluate -> checkpoint.
 
 ``train_loop_per_worker(loop_config)`` is what Ray Train runs on every worker; ``run_training(ctx, ...)`` is
 the loop itself, which also runs in one plain process (``LocalContext``, world size 1) with the same code.
+What is due after each step (samples, log line, FID, checkpoint) is decided by ``cutdist.schedule.Schedule.due``
+from the position alone, so all ranks take the same decisions; checkpoints are written and read by
+``cutdist.train.checkpoint``; FID by ``cutdist.eval.during_training.FidEvaluator``.
 
-Randomness: nets are initialised from ``train.seed`` on every rank (identical weights); the data stream is
-seeded per (seed, rank, epoch) by ``unpaired_loader``; patch ids and the flip coin come from generators seeded
-per (seed, rank, step). So a resumed run draws exactly what an uninterrupted one would, with no generator
-state to carry (the process-global RNG states are saved and restored anyway, for anything outside).
+Randomness: nets are initialised from ``train.seed`` on every rank (identical weights); the data stream draws
+from (seed, epoch[, rank, step]) in ``unpaired_loader``; patch ids and the flip coin come from generators seeded
+per (seed, rank, step) (``cutdist.schedule.mix_seed``). So a resumed run draws exactly what an uninterrupted
+one would, with no generator state to carry (the process-global RNG states are saved and restored anyway, for
+anything outside).
 
-Cadence (all ranks take the same decisions, from the step counter alone):
-- every ``logging.every_steps``: losses (averaged over the interval and the ranks), lr, images/s, ETA,
-  corrupt samples skipped; rank 0 prints/writes them and every rank calls ``report``;
-- every ``logging.sample_every_steps``: a sample grid on rank 0 (real A | G(A) | real B | G(B) for CUT);
-- every ``checkpoint.every_steps``, at every evaluation and at the end: a checkpoint (rank 0 writes it; the
-  optimizer state is consolidated first, a collective under DeepSpeed);
-- every ``eval.every`` epochs (0 = never in between) and at the end: FID over the test split of A, every
-  rank translating its share; the checkpoint reported with it carries ``ckpt_fid`` so Ray keeps the best.
+Reports: every log step, losses averaged over the interval and the ranks, lr, images/s, ETA, corrupt samples
+skipped (rank 0 prints/writes them and every rank calls ``report``); a checkpoint goes with every checkpoint
+step, every evaluation and the end (rank 0 writes it; the optimizer state is consolidated first, a collective
+under DeepSpeed), carrying ``ckpt_fid`` (the FID measured with it, else +inf) so the best-FID one is kept.
 """
 from __future__ import annotations
 
 import math
 import random
 import shutil
-import tempfile
 import time
-import warnings
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +33,11 @@ import torch.distributed as dist
 
 from cutdist import config as config_mod
 from cutdist.config import JobConfig
-from cutdist.train.context import LocalContext, RayContext, WorkerContext, write_json_atomic
+from cutdist.schedule import FLIP_SEEDS, PATCH_SEEDS, Position, Schedule, mix_seed
+from cutdist.train import checkpoint
+from cutdist.train.checkpoint import Restored
+from cutdist.train.context import LocalContext, RayContext, WorkerContext
 from cutdist.train.logger import RunLogger, say
-from cutdist.train.state import (METRICS_FILE, Position, check_compatible, load_train_state, restore_rng,
-                                 save_train_state)
 from cutdist.train.strategy import Strategy, build_strategy
 
 
@@ -49,34 +48,155 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                  logs_dir=Path(loop_config["logs_dir"]), started_at=loop_config.get("started_at"))
 
 
-def step_seed(seed: int, rank: int, step: int, stream: int) -> int:
-    """A 63-bit seed for (seed, rank, step, stream); stream 0 = patch ids, 1 = flip coin."""
-    return int(np.random.SeedSequence([seed, rank, step, stream]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from: str | Path | None = None,
+                 logs_dir: Path, started_at: float | None = None) -> dict[str, Any]:
+    """Train on this worker; returns the last metrics reported (the same on every rank except logs)."""
+    from cutdist.eval.during_training import FidEvaluator
+    from cutdist.train.summary import BestSoFar
+
+    seed_everything(cfg.train.seed)
+    ckpt_dir = ctx.resume_checkpoint() or (Path(resume_from) if resume_from else None)
+    restored = checkpoint.read_checkpoint(ckpt_dir, cfg) if ckpt_dir else None
+    strategy = build_models(cfg, ctx, restored)
+    pos, best_fid = (restored.position, restored.best_fid) if restored else (Position(), None)
+    best = BestSoFar.from_metrics(restored.metrics if restored else None)   # FID / KID with step and epoch
+    sched = Schedule.of(cfg, splits.epoch_size, ctx.world_size)
+    rank0 = ctx.rank == 0
+    if rank0:
+        origin = f"resumed from {ckpt_dir} at step {pos.step} (epoch {pos.epoch})" if restored else "fresh start"
+        say(f"[cutdist.train] {cfg.train.strategy} x{ctx.world_size} on {ctx.device}: {sched.steps_per_epoch} "
+            f"steps/epoch, {sched.total_steps} steps in all; {origin}")
+    evaluator = (FidEvaluator(cfg, splits, rank=ctx.rank, world_size=ctx.world_size, device=ctx.device)
+                 if cfg.eval.enabled else None)
+    logger = RunLogger(logs_dir, tensorboard=cfg.logging.tensorboard, total_steps=sched.total_steps) if rank0 else None
+    sample_inputs = _sample_inputs(cfg, splits) if rank0 else None
+    if rank0 and sched.finished(pos):
+        say(f"[cutdist.train] nothing to do: the run is already at step {pos.step} (epoch {pos.epoch}), its end")
+    feed, meter = EpochFeed(cfg, splits, ctx, sched), LossMeter(started_at)
+    last_metrics: dict[str, Any] = {"step": pos.step, "epoch": float(pos.epoch)}
+
+    while not sched.finished(pos):
+        lr = sched.lr(pos.epoch)
+        strategy.set_lr(lr)
+        for real_a, real_b, skipped, epoch_end in feed.epoch(pos):
+            meter.add(train_step(cfg, strategy, real_a, real_b, ctx, pos.step), skipped)
+            sched.advance(pos, epoch_end)
+            if meter.first_step(rank0):
+                say(f"[cutdist.train] first training step done {meter.first_step_s:.1f} s after the driver started")
+            due = sched.due(pos, epoch_end)
+            if due.samples and logger is not None:
+                _write_samples(logger, strategy.plain, cfg, sample_inputs or (real_a, real_b), pos.step, ctx.device)
+            if due.log:
+                metrics = _interval_metrics(meter, ctx, pos, sched, lr)
+                if due.eval:
+                    metrics.update(evaluator(strategy.plain.g))
+                    best_fid = metrics["fid"] if best_fid is None else min(best_fid, metrics["fid"])
+                    best.update(metrics, pos.step, pos.epoch)
+                metrics.update(best.as_metrics())
+                if best_fid is not None:
+                    metrics["fid_best"] = best_fid
+                metrics[checkpoint.SCORE_KEY] = metrics["fid"] if due.eval else math.inf
+                _publish(ctx, strategy, cfg, pos, metrics, best_fid, due.checkpoint, logger)
+                last_metrics = metrics
+            if due.finished:
+                break
+    if logger is not None:
+        logger.close()
+    return last_metrics
 
 
-@dataclass
-class Schedule:
-    steps_per_epoch: int
-    images_per_step: int       # global: batch x world size
-    total_epochs: int          # epochs + epochs_decay (0 = run max_steps at constant lr)
-    max_steps: int
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
-    @property
-    def total_steps(self) -> int:
-        by_epochs = self.total_epochs * self.steps_per_epoch
-        if self.max_steps and by_epochs:
-            return min(self.max_steps, by_epochs)
-        return self.max_steps or by_epochs
 
-    def finished(self, pos: Position) -> bool:
-        return bool((self.max_steps and pos.step >= self.max_steps)
-                    or (self.total_epochs and pos.epoch >= self.total_epochs))
+def build_models(cfg: JobConfig, ctx: WorkerContext, restored: Restored | None) -> Strategy:
+    """G, D and F (same init on every rank, then the checkpoint's weights), the fast path, the strategy's
+    wrapping and optimizers (then the checkpoint's optimizer and RNG states)."""
+    from cutdist.model.fastpath import apply_fast_path
+    from cutdist.model.networks import build_nets
+
+    plain = build_nets(cfg)
+    for name in ("g", "d", "f"):
+        setattr(plain, name, getattr(plain, name).to(ctx.device))
+        if restored is not None:
+            getattr(plain, name).load_state_dict(restored.model[name])
+    # channels_last / torch.compile: the same switches, applied the same way, as ``python -m cutdist.bench
+    # train-step`` measures them; on the plain modules, before any DDP / DeepSpeed wrapping.
+    apply_fast_path(plain, channels_last=cfg.train.channels_last, compile=cfg.train.compile,
+                    compile_mode=cfg.train.compile_mode)
+    if ctx.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True   # fixed crop size: cuDNN's autotuned kernels pay off
+    strategy = build_strategy(cfg, plain, ctx.device, ctx.world_size)
+    if restored is not None:
+        strategy.load_optimizer_state(restored.train["optimizers"])
+        checkpoint.restore_rng(restored.train["rng"])
+    return strategy
+
+
+def train_step(cfg: JobConfig, strategy: Strategy, real_a: torch.Tensor, real_b: torch.Tensor,
+               ctx: WorkerContext, step: int) -> dict[str, torch.Tensor]:
+    """One ``cut_step`` with this (rank, step)'s patch and flip generators."""
+    from cutdist.model.cut import cut_step
+    from cutdist.model.fastpath import begin_step
+
+    begin_step(cfg.train.compile_mode if cfg.train.compile else "default")
+    patches = torch.Generator(device=ctx.device)
+    patches.manual_seed(mix_seed(cfg.train.seed, ctx.rank, step, PATCH_SEEDS))
+    flips = torch.Generator()
+    flips.manual_seed(mix_seed(cfg.train.seed, ctx.rank, step, FLIP_SEEDS))
+    return cut_step(strategy.nets, strategy.updater, real_a, real_b, cfg.loss, generator=patches,
+                    flip_generator=flips, precision=cfg.train.precision,
+                    bf16_discriminator=cfg.train.bf16_discriminator, d_for_g=strategy.plain.d)
+
+
+class EpochFeed:
+    """This rank's batches of one epoch, on the device in the nets' input format, from where ``pos`` stands."""
+
+    def __init__(self, cfg: JobConfig, splits: Any, ctx: WorkerContext, sched: Schedule) -> None:
+        from cutdist.data.gpu_decode import DeviceBatcher
+
+        self.cfg, self.splits, self.ctx, self.sched = cfg, splits, ctx, sched
+        self.device_batcher = (DeviceBatcher(ctx.device, crop_size=cfg.data.crop_size, no_flip=cfg.data.no_flip)
+                               if cfg.data.decode_on_device else None)
+
+    def epoch(self, pos: Position) -> Iterator[tuple[torch.Tensor, torch.Tensor, int, bool]]:
+        """(real A, real B, samples skipped as corrupt, whether it is the epoch's last batch) per batch."""
+        from cutdist.data.stream import unpaired_loader
+        from cutdist.model.fastpath import to_input_format
+
+        sched, epoch, device = self.sched, pos.epoch, self.ctx.device
+        if sched.epoch_done(pos):   # resumed after the epoch's last step
+            pos.epoch, pos.images_in_epoch = pos.epoch + 1, 0
+            return
+        load_size = sched.epoch_load_size(epoch)
+        # resuming mid-epoch: the stream goes on in the same permutation from the samples already consumed
+        loader = unpaired_loader(self.splits, self.cfg.data, rank=self.ctx.rank, world_size=self.ctx.world_size,
+                                 epoch=epoch, seed=self.cfg.train.seed, load_size=load_size,
+                                 start=pos.images_in_epoch)
+        seen = 0
+        for i, batch in enumerate(loader):
+            seen = i + 1
+            skipped = batch.get("skipped", 0)
+            if self.device_batcher is not None:
+                a, b, undecodable = self.device_batcher(batch, load_size)
+                skipped += undecodable
+            else:
+                a, b = batch["a"].to(device, non_blocking=True), batch["b"].to(device, non_blocking=True)
+            channels_last = self.cfg.train.channels_last
+            yield (to_input_format(a, channels_last), to_input_format(b, channels_last), skipped,
+                   i == len(loader) - 1)
+        if seen != len(loader):
+            raise RuntimeError(f"data: unpaired_loader gave {seen} batches in epoch {epoch} on rank "
+                               f"{self.ctx.rank}, expected {len(loader)} (ranks would fall out of step)")
 
 
 class LossMeter:
     """Sums detached losses on the device (no host sync per step); averaged over ranks at log time."""
 
-    def __init__(self) -> None:
+    def __init__(self, started_at: float | None = None) -> None:
+        self.started_at, self.first_step_s = started_at, None
         self.sums: dict[str, torch.Tensor] = {}
         self.steps = 0
         self.skipped = 0
@@ -88,6 +208,13 @@ class LossMeter:
             self.sums[k] = self.sums[k] + v.detach().float() if k in self.sums else v.detach().float().clone()
         self.steps += 1
         self.skipped += int(skipped)
+
+    def first_step(self, announce: bool) -> bool:
+        """After the first step of this process: note the seconds since the driver started; True to announce."""
+        if self.first_step_s is not None or self.started_at is None:
+            return False
+        self.first_step_s = time.time() - self.started_at
+        return announce
 
     def collect(self, world_size: int, device: torch.device) -> dict[str, float]:
         keys = sorted(self.sums)
@@ -106,193 +233,42 @@ class LossMeter:
         return out
 
 
-def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from: str | Path | None = None,
-                 logs_dir: Path, started_at: float | None = None) -> dict[str, Any]:
-    """Train on this worker; returns the last metrics reported (the same on every rank except logs)."""
-    from cutdist.data.gpu_decode import DeviceBatcher
-    from cutdist.data.stream import steps_per_epoch, unpaired_loader
-    from cutdist.model.cut import cut_step, lr_factor
-    from cutdist.model.fastpath import apply_fast_path, begin_step, to_input_format
-    from cutdist.model.io import load_model
-    from cutdist.model.networks import build_nets
-
-    device = ctx.device
-    rank0 = ctx.rank == 0
-    seed = cfg.train.seed
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-    # ---- networks: same init everywhere, then the checkpoint if there is one, then the strategy's wrapping
-    plain = build_nets(cfg)
-    for name in ("g", "d", "f"):
-        setattr(plain, name, getattr(plain, name).to(device))
-
-    ckpt_dir = ctx.resume_checkpoint()
-    if ckpt_dir is None and resume_from:
-        ckpt_dir = Path(resume_from)
-    train_state = None
-    if ckpt_dir is not None:
-        model_state, _ = load_model(ckpt_dir, map_location="cpu")
-        check_compatible(model_state["config"], cfg, ckpt_dir)
-        for name in ("g", "d", "f"):
-            if model_state.get(name) is None:
-                raise ValueError(f"checkpoint.resume_from: {ckpt_dir} holds no {name.upper()} weights")
-            getattr(plain, name).load_state_dict(model_state[name])
-        train_state = load_train_state(ckpt_dir)
-
-    # channels_last / torch.compile: the same switches, applied the same way, as ``python -m cutdist.bench
-    # train-step`` measures them; on the plain modules, before any DDP / DeepSpeed wrapping.
-    apply_fast_path(plain, channels_last=cfg.train.channels_last, compile=cfg.train.compile,
-                    compile_mode=cfg.train.compile_mode)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True   # fixed crop size: cuDNN's autotuned kernels pay off
-    strategy = build_strategy(cfg, plain, device, ctx.world_size)
-    pos, best_fid = Position(), None
-    from cutdist.train.summary import BestSoFar
-
-    best = BestSoFar.from_checkpoint(ckpt_dir)   # best FID / KID so far, with step and epoch (summary.json)
-    if train_state is not None:
-        strategy.load_optimizer_state(train_state["optimizers"])
-        restore_rng(train_state["rng"])
-        pos = Position(train_state["step"], train_state["epoch"], train_state["images_in_epoch"])
-        best_fid = train_state.get("best_fid")
-
-    sched = Schedule(steps_per_epoch(splits.epoch_size, cfg.data.batch_size, ctx.world_size),
-                     cfg.data.batch_size * ctx.world_size, cfg.optim.epochs + cfg.optim.epochs_decay,
-                     cfg.optim.max_steps)
-    if rank0:
-        origin = f"resumed from {ckpt_dir} at step {pos.step} (epoch {pos.epoch})" if ckpt_dir else "fresh start"
-        say(f"[cutdist.train] {cfg.train.strategy} x{ctx.world_size} on {device}: {sched.steps_per_epoch} "
-            f"steps/epoch, {sched.total_steps} steps in all; {origin}")
-
-    evaluator = FidEvaluator(cfg, splits, ctx) if cfg.eval.enabled else None
-    logger = RunLogger(logs_dir, tensorboard=cfg.logging.tensorboard, total_steps=sched.total_steps) if rank0 else None
-    sample_inputs = _sample_inputs(cfg, splits) if rank0 else None
-
-    if rank0 and sched.finished(pos):
-        say(f"[cutdist.train] nothing to do: the run is already at step {pos.step} (epoch {pos.epoch}), its end")
-    meter = LossMeter()
-    last_metrics: dict[str, Any] = {"step": pos.step, "epoch": float(pos.epoch)}
-    first_step_s = None
-    base_lr = config_mod.scaled_lr(cfg.optim, sched.images_per_step)   # optim.lr_scaling at the global batch
-
-    device_batcher = (DeviceBatcher(device, crop_size=cfg.data.crop_size, no_flip=cfg.data.no_flip)
-                      if cfg.data.decode_on_device else None)
-    while not sched.finished(pos):
-        lr = base_lr * (lr_factor(pos.epoch, cfg.optim.epochs, cfg.optim.epochs_decay) if sched.total_epochs else 1.0)
-        strategy.set_lr(lr)
-        if pos.images_in_epoch >= splits.epoch_size:   # resumed after the epoch's last step
-            pos.epoch, pos.images_in_epoch = pos.epoch + 1, 0
-            continue
-        seen = 0
-        # The reference drops the resize-then-crop jitter (load_size = crop_size) in the lr-decay epochs.
-        finetuning = sched.total_epochs and pos.epoch >= cfg.optim.epochs
-        load_size = cfg.data.crop_size if finetuning else cfg.data.load_size
-        # resuming mid-epoch: the stream goes on in the same permutation from the samples already consumed
-        loader = unpaired_loader(splits, cfg.data, rank=ctx.rank, world_size=ctx.world_size, epoch=pos.epoch,
-                                 seed=seed, load_size=load_size, start=pos.images_in_epoch)
-        for i, batch in enumerate(loader):
-            seen = i + 1
-            if device_batcher is not None:
-                a, b, undecodable = device_batcher(batch, load_size)
-                batch["skipped"] = batch.get("skipped", 0) + undecodable
-            else:
-                a, b = batch["a"].to(device, non_blocking=True), batch["b"].to(device, non_blocking=True)
-            real_a = to_input_format(a, cfg.train.channels_last)
-            real_b = to_input_format(b, cfg.train.channels_last)
-            begin_step(cfg.train.compile_mode if cfg.train.compile else "default")
-            gen = torch.Generator(device=device)
-            gen.manual_seed(step_seed(seed, ctx.rank, pos.step, 0))
-            flip_gen = torch.Generator()
-            flip_gen.manual_seed(step_seed(seed, ctx.rank, pos.step, 1))
-            losses = cut_step(strategy.nets, strategy.updater, real_a, real_b, cfg.loss, generator=gen,
-                              flip_generator=flip_gen, precision=cfg.train.precision,
-                              bf16_discriminator=cfg.train.bf16_discriminator, d_for_g=plain.d)
-            meter.add(losses, batch.get("skipped", 0))
-            pos.step += 1
-            pos.images_in_epoch += sched.images_per_step
-            if first_step_s is None and started_at is not None:
-                first_step_s = time.time() - started_at
-                if rank0:
-                    say(f"[cutdist.train] first training step done {first_step_s:.1f} s after the driver started")
-            epoch_end = i == len(loader) - 1
-            if epoch_end:
-                pos.epoch, pos.images_in_epoch = pos.epoch + 1, 0
-            finished = sched.finished(pos)
-            eval_due = evaluator is not None and (
-                finished or (epoch_end and cfg.eval.every > 0 and pos.epoch % cfg.eval.every == 0))
-            ckpt_due = finished or eval_due or pos.step % cfg.checkpoint.every_steps == 0
-            log_due = ckpt_due or pos.step % cfg.logging.every_steps == 0
-
-            if rank0 and (finished or pos.step % cfg.logging.sample_every_steps == 0):
-                _write_samples(logger, plain, cfg, sample_inputs or (a, b), pos.step, device)
-            if log_due:
-                metrics = _interval_metrics(meter, ctx, pos, sched, lr, first_step_s)
-                if eval_due:
-                    fid = evaluator(plain.g)
-                    metrics.update(fid)
-                    if best_fid is None or fid["fid"] < best_fid:
-                        best_fid = fid["fid"]
-                    best.update(fid, pos.step, pos.epoch)
-                metrics.update(best.as_metrics())
-                if best_fid is not None:
-                    metrics["fid_best"] = best_fid
-                metrics["ckpt_fid"] = metrics["fid"] if eval_due else math.inf
-                _publish(ctx, strategy, cfg, pos, metrics, lr, best_fid, ckpt_due, logger)
-                last_metrics = metrics
-            if finished:
-                break
-        else:
-            if seen != len(loader):
-                raise RuntimeError(f"data: unpaired_loader gave {seen} batches in epoch {pos.epoch} on rank "
-                                   f"{ctx.rank}, expected {len(loader)} (ranks would fall out of step)")
-    if logger is not None:
-        logger.close()
-    return last_metrics
-
-
-def _interval_metrics(meter: LossMeter, ctx: WorkerContext, pos: Position, sched: Schedule, lr: float,
-                      first_step_s: float | None) -> dict[str, Any]:
+def _interval_metrics(meter: LossMeter, ctx: WorkerContext, pos: Position, sched: Schedule,
+                      lr: float) -> dict[str, Any]:
     m: dict[str, Any] = meter.collect(ctx.world_size, ctx.device)
     steps_per_s = m["interval_steps"] / m["interval_s"] if m["interval_s"] > 0 else 0.0
     remaining = max(0, sched.total_steps - pos.step)
     m.update({
         "step": pos.step,
-        "epoch": pos.epoch + pos.images_in_epoch / (sched.steps_per_epoch * sched.images_per_step),
+        "epoch": sched.epoch_progress(pos),
         "lr": lr,
         "steps_per_s": steps_per_s,
         "images_per_s": steps_per_s * sched.images_per_step,
         "eta_s": remaining / steps_per_s if steps_per_s > 0 else math.inf,
         "world_size": ctx.world_size,
     })
-    if first_step_s is not None:
-        m["first_step_s"] = first_step_s
+    if meter.first_step_s is not None:
+        m["first_step_s"] = meter.first_step_s
     return m
 
 
 def _publish(ctx: WorkerContext, strategy: Strategy, cfg: JobConfig, pos: Position, metrics: dict[str, Any],
-             lr: float, best_fid: float | None, with_checkpoint: bool, logger: RunLogger | None) -> None:
-    from cutdist.model.io import save_model
-
+             best_fid: float | None, with_checkpoint: bool, logger: RunLogger | None) -> None:
     if logger is not None:
         logger.log(pos.step, metrics)
-    ckpt_dir = None
+    staged = None
     if with_checkpoint:
         metrics["replica_divergence"] = replica_divergence(strategy.plain, ctx.world_size, ctx.device)
         optimizers = strategy.optimizer_state()   # every rank: a collective under DeepSpeed ZeRO-1
         if ctx.rank == 0:
-            ckpt_dir = Path(tempfile.mkdtemp(prefix="cutdist_ckpt_"))
-            save_model(ckpt_dir, strategy.plain, cfg, pos.step, pos.epoch, source="cutdist.train")
-            save_train_state(ckpt_dir, position=pos, world_size=ctx.world_size, strategy=strategy.name,
-                             optimizers=optimizers, best_fid=best_fid,
-                             lr_schedule={"policy": "linear", "epoch": pos.epoch, "epochs": cfg.optim.epochs,
-                                          "epochs_decay": cfg.optim.epochs_decay, "lr": lr})
-            write_json_atomic(ckpt_dir / METRICS_FILE, metrics)
+            staged = checkpoint.write_checkpoint(checkpoint.staging_dir(), nets=strategy.plain, cfg=cfg,
+                                                 position=pos, world_size=ctx.world_size, strategy=strategy.name,
+                                                 optimizers=optimizers, best_fid=best_fid, metrics=metrics)
     try:
-        ctx.report(metrics, ckpt_dir, pos.step)
+        ctx.report(metrics, staged, pos.step)
     finally:
-        if ckpt_dir is not None:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        if staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)
 
 
 @torch.no_grad()
@@ -346,54 +322,6 @@ def _write_samples(logger: RunLogger | None, plain: Any, cfg: JobConfig, inputs:
     finally:
         plain.g.train(was_training)
     logger.samples(step, columns, names)
-
-
-class FidEvaluator:
-    """FID of G(test A) against the real test B statistics, every rank translating its share.
-
-    The reference statistics are computed (or read from their cache) on rank 0 once, then broadcast.
-    """
-
-    def __init__(self, cfg: JobConfig, splits: Any, ctx: WorkerContext) -> None:
-        from cutdist.eval.inception import backbone_caveat, load_inception
-        from cutdist.eval.reference import reference_stats
-
-        self.cfg, self.splits, self.ctx = cfg, splits, ctx
-        self.model, self.backbone = load_inception(cfg.eval.inception_weights, ctx.device)
-        caveat = backbone_caveat(self.backbone)
-        if ctx.rank == 0 and caveat:
-            print(f"[cutdist.train] warning: FID backbone {self.backbone}: {caveat}", flush=True)
-        ref = [None, None, None]
-        if ctx.rank == 0:   # the features too: KID (cutdist.eval.kid) from the same activations
-            ref = list(reference_stats(splits.test_b, model=self.model, backbone=self.backbone,
-                                       size=cfg.data.crop_size, batch_size=cfg.eval.batch_size, device=ctx.device,
-                                       cache_dir=cfg.eval.cache_dir, manifest=splits.manifest, with_features=True))
-        if ctx.world_size > 1:
-            dist.broadcast_object_list(ref, src=0)
-        self.ref_mu, self.ref_sigma, self.ref_features = ref
-
-    def __call__(self, g: torch.nn.Module) -> dict[str, Any]:
-        from cutdist.data.stream import test_loader
-        from cutdist.eval import fid_during_training
-
-        batches = test_loader(self.splits.test_a, rank=self.ctx.rank, world_size=self.ctx.world_size,
-                              size=self.cfg.data.crop_size, batch_size=self.cfg.eval.batch_size,
-                              max_images=self.cfg.eval.max_images)
-        was_training = g.training
-        g.eval()
-        t0 = time.perf_counter()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                out = fid_during_training(lambda x: g(x.to(self.ctx.device)), batches,   # (keys, images): KID order
-                                          model=self.model, backbone=self.backbone, ref_mu=self.ref_mu,
-                                          ref_sigma=self.ref_sigma, device=self.ctx.device,
-                                          ref_features=self.ref_features)
-        finally:
-            g.train(was_training)
-        return {"fid": float(out["fid"]), "fid_backbone": out["backbone"], "fid_real": bool(out["real_fid"]),
-                "fid_n_images": int(out["n_images"]), "kid": float(out["kid"]), "kid_std": float(out["kid_std"]),
-                "kid_subset_size": int(out["kid_subset_size"]), "fid_seconds": time.perf_counter() - t0}
 
 
 def run_local(cfg: JobConfig, splits: Any, *, run_dir: Path, resume_from: str | Path | None = None,

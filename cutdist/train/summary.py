@@ -63,21 +63,12 @@ class BestSoFar:
                     tracker.best[name]["std"] = float(metrics[f"{name}_best_std"])
         return tracker
 
-    @classmethod
-    def from_checkpoint(cls, ckpt_dir: str | Path | None) -> "BestSoFar":
-        path = Path(ckpt_dir) / "metrics.json" if ckpt_dir else None
-        if path is None or not path.is_file():
-            return cls()
-        try:
-            return cls.from_metrics(json.loads(path.read_text()))
-        except ValueError:
-            return cls()
 
 
 def build_summary(final: dict[str, Any], *, run_dir: str, kept: list[str], latest: str | None, batch_size: int,
                   wall_s: float) -> dict[str, Any]:
     """summary.json's content from the last report's metrics (``final``) and the kept checkpoint paths."""
-    from cutdist.train.context import checkpoint_dir_name
+    from cutdist.train.checkpoint import checkpoint_dir_name
 
     kept_names = {Path(p).name: p for p in kept}
     tracker = BestSoFar.from_metrics(final)
@@ -106,12 +97,11 @@ def build_summary(final: dict[str, Any], *, run_dir: str, kept: list[str], lates
 
 
 def write_summary(summary: dict[str, Any], directory: str | Path) -> Path:
+    from cutdist.model.io import write_atomic
+
     path = Path(directory) / SUMMARY_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{SUMMARY_FILE}.tmp")
-    tmp.write_text(json.dumps(summary, indent=1, default=str))
-    tmp.replace(path)
-    return path
+    return write_atomic(path, lambda tmp: tmp.write_text(json.dumps(summary, indent=1, default=str)))
 
 
 def _duration(seconds: float) -> str:
@@ -142,6 +132,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
 def best_checkpoint_of_run(run_dir: str | Path) -> tuple[Path, str] | None:
     """(checkpoint, why) of a run directory's best checkpoint: summary.json's best FID, else the lowest FID in the
     kept checkpoints' metrics.json, else (no evaluation) the latest; None when it holds no checkpoint."""
+    from cutdist.train.checkpoint import CHECKPOINT_PREFIX, MODEL_FILE, read_metrics
+
     run_dir = Path(run_dir)
     path = run_dir / SUMMARY_FILE
     if path.is_file():
@@ -150,23 +142,19 @@ def best_checkpoint_of_run(run_dir: str | Path) -> tuple[Path, str] | None:
         except ValueError:
             best = {}
         name = Path(best.get("checkpoint") or "").name
-        if name and (run_dir / name / "model.pt").is_file():
+        if name and (run_dir / name / MODEL_FILE).is_file():
             return run_dir / name, f"best FID {best['value']:.4f} at epoch {best['epoch']:g} ({SUMMARY_FILE})"
     scored = []
-    for child in sorted(run_dir.glob("checkpoint_*")):
-        metrics_file = child / "metrics.json"
-        if not (child / "model.pt").is_file() or not metrics_file.is_file():
+    for child in sorted(run_dir.glob(f"{CHECKPOINT_PREFIX}*")):
+        if not (child / MODEL_FILE).is_file():
             continue
-        try:
-            fid = json.loads(metrics_file.read_text()).get("fid")
-        except ValueError:
-            continue
+        fid = read_metrics(child).get("fid")
         if isinstance(fid, (int, float)) and math.isfinite(fid):
             scored.append((fid, child))
     if scored:
         fid, child = min(scored)
         return child, f"lowest FID {fid:.4f} among the kept checkpoints"
-    latest = [c for c in sorted(run_dir.glob("checkpoint_*")) if (c / "model.pt").is_file()]
+    latest = [c for c in sorted(run_dir.glob(f"{CHECKPOINT_PREFIX}*")) if (c / MODEL_FILE).is_file()]
     if latest:
         return latest[-1], "the latest checkpoint: no FID was measured"
     return None

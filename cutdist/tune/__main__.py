@@ -5,7 +5,8 @@
 
 Order of business, so that a bad sweep fails in seconds with one line (exit 2) and no trial started: job file
 and overrides -> space file (every value each trial could get is validated on the base job) -> FID on ->
-shards (the demo's are synthesised when the job asks) -> FID weights -> a free sweep directory -> ``ray.init()``
+``cutdist.train.preflight.preflight`` on the base job, the same as ``python -m cutdist.train`` runs (shards, the
+test split FID needs, FID weights, resume checkpoint) -> a free sweep directory -> ``ray.init()``
 (RAY_ADDRESS / the cluster the job was submitted to, else a new local one) -> how many trials fit at once ->
 ``Tuner.fit()``.
 
@@ -39,8 +40,6 @@ from cutdist.config import ConfigError
 from cutdist.redact import redact_uri, redact_values, redacted_values
 
 SWEEP_FILE = "sweep.yaml"
-PATH_KEYS = ("data.root", "data.train_a", "data.train_b", "data.test_a", "data.test_b", "checkpoint.resume_from",
-             "eval.cache_dir", "eval.inception_weights", "storage_path")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -82,7 +81,7 @@ def read_job(path: str, overrides: dict[str, Any]) -> dict[str, Any]:
 
 def absolute_path_values(space, cfg: config_mod.JobConfig) -> dict[str, Any]:
     """The job's local paths as absolute dotted values: trials run in their own working directories."""
-    from cutdist.train.launcher import absolutize_paths
+    from cutdist.train.preflight import PATH_KEYS, absolutize_paths
 
     after = absolutize_paths(copy.deepcopy(cfg))
     return {key: config_mod.get(after, key) for key in PATH_KEYS if key not in space.params
@@ -127,20 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         return fail(problem)
 
-    from cutdist.data import DataError, resolve_splits
-    from cutdist.eval.inception import weights_problem
+    from cutdist.train.preflight import PreflightError, preflight
 
     try:
-        splits = resolve_splits(base.data)
-    except DataError as err:
+        splits = preflight(base, say=say).splits
+    except PreflightError as err:
         return fail(str(err))
-    problem = weights_problem(base.eval.inception_weights)
-    if problem:
-        return fail(f"eval.inception_weights: {problem}")
 
     from ray.tune import Tuner
 
-    from cutdist.train.launcher import is_remote, worker_resources
+    from cutdist.train.launcher import worker_resources
+    from cutdist.train.preflight import is_remote
 
     if args.resume and not Tuner.can_restore(sweep_dir):
         return fail(f"--resume: {sweep_dir} holds no Tune experiment state to restore")
@@ -242,12 +238,15 @@ def report(results, space, sweep_dir: str, splits) -> int:
     from cutdist.train.launcher import storage_path
     from cutdist.tune.results import (BEST_CONFIG, ERROR, INCOMPLETE, PLOT, STOPPED_EARLY, plot_fid_vs_hparams,
                                       summarise, write_best_config, write_leaderboard)
-    from cutdist.tune.trial import planned_steps
+    from cutdist.schedule import Schedule
 
     from ray.tune import ExperimentAnalysis
 
+    def planned_steps(cfg: config_mod.JobConfig) -> int:
+        return Schedule.of(cfg, splits.epoch_size, cfg.train.num_workers).total_steps
+
     tune_status = {t.trial_id: t.status for t in ExperimentAnalysis(sweep_dir).trials}
-    summaries = summarise(results, space, lambda cfg: planned_steps(cfg, splits.epoch_size), sweep_dir, tune_status)
+    summaries = summarise(results, space, planned_steps, sweep_dir, tune_status)
     parquet, csv = write_leaderboard(summaries, space, sweep_dir)
     plot = plot_fid_vs_hparams(summaries, space, Path(sweep_dir) / PLOT, title=os.path.basename(sweep_dir))
     scored = [s for s in summaries if not math.isnan(s.score)]

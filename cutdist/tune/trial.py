@@ -49,17 +49,6 @@ def trial_job(space: Space, sampled: dict[str, Any], sweep_dir: str, trial_id: s
     return cfg
 
 
-def planned_steps(cfg: JobConfig, epoch_size: int) -> int:
-    """The step at which this job's training ends (the same arithmetic as the training loop's schedule);
-    ``epoch_size``: ``Splits.epoch_size``, max(|A|, |B|)."""
-    from cutdist.data.stream import steps_per_epoch
-    from cutdist.train.loop import Schedule
-
-    return Schedule(steps_per_epoch(epoch_size, cfg.data.batch_size, cfg.train.num_workers),
-                    cfg.data.batch_size * cfg.train.num_workers, cfg.optim.epochs + cfg.optim.epochs_decay,
-                    cfg.optim.max_steps).total_steps
-
-
 def make_fid_report_callback():
     """A ``TuneReportCallback`` that forwards only the reports carrying an FID (one Tune result per evaluation),
     so the scheduler sees the metric in every result and ``training_iteration`` counts evaluations."""
@@ -79,7 +68,8 @@ def run_trial(sampled: dict[str, Any], *, space: Space, sweep_dir: str) -> None:
     import ray.tune
 
     from cutdist.data import resolve_splits
-    from cutdist.train.launcher import build_trainer, resolve_resume, run_dir
+    from cutdist.train.checkpoint import resolve_resume
+    from cutdist.train.launcher import build_trainer, run_dir
     from cutdist.tune.cleanup import PG_FILE, RecordPlacementGroup
 
     cfg = trial_job(space, sampled, sweep_dir, ray.tune.get_context().get_trial_id())

@@ -1,0 +1,269 @@
+"""Training checkpoints: the only code that writes, reads, resolves, validates and prunes them.
+
+A checkpoint is a directory ``checkpoint_<step>`` (nine digits) in the run directory, holding
+
+- ``model.pt``: G, D, F and the job's config (``cutdist.model.io``, the file ``translate`` also reads);
+- ``train_state.pt``::
+
+    {"format": "cutdist-train-v1", "step", "epoch", "images_in_epoch", "world_size", "strategy",
+     "optimizers": {"d": Adam state_dict, "gf": Adam state_dict},   # full (consolidated) torch-Adam format
+     "best_fid": float | None, "rng": {"torch", "numpy", "python"}}
+
+  (checkpoints written before the schedule moved to ``cutdist.schedule`` also hold an ``lr_schedule`` entry,
+  which nothing reads: the lr is a function of the epoch and the job's ``optim`` section);
+- ``metrics.json``: the metrics reported with it, for people.
+
+Everything in the ``.pt`` files is plain tensors and Python scalars, written atomically
+(``cutdist.model.io.write_atomic``) and read with ``torch.load(weights_only=True)``. Optimizer states are stored
+consolidated (as one process's torch Adam would hold them) whatever the strategy and world size, so a checkpoint
+written by N DDP or DeepSpeed workers resumes on M workers of either.
+
+Retention: ``checkpoint.num_to_keep`` checkpoints ranked by ``SCORE_KEY`` (the FID measured with that checkpoint,
++inf when none was), always plus the latest: Ray Train's ``CheckpointConfig`` (``ray_checkpoint_config``) for Ray
+runs, ``retain`` for a plain process (``LocalContext``), the same rule.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cutdist.config import ConfigError, JobConfig
+from cutdist.model.io import MODEL_FILE, load_model, save_model, write_atomic
+from cutdist.model.networks import CUTNets
+from cutdist.schedule import Position
+
+TRAIN_STATE_FILE = "train_state.pt"
+METRICS_FILE = "metrics.json"
+TRAIN_STATE_FORMAT = "cutdist-train-v1"
+CHECKPOINT_PREFIX = "checkpoint_"
+SCORE_KEY = "ckpt_fid"   # the reported metric checkpoints are ranked by (lower is better)
+
+# Keys whose change makes a checkpoint's weights unloadable (or F's taps meaningless) in a new job.
+ARCHITECTURE_KEYS = ("model.ngf", "model.ndf", "model.n_blocks", "model.n_layers_d", "model.antialias",
+                     "model.netf_nc", "loss.nce_layers")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from; ``str(err)`` is one line naming the path."""
+
+
+def checkpoint_dir_name(step: int) -> str:
+    """Name of the checkpoint written after ``step`` steps (sortable; the step is part of the name)."""
+    return f"{CHECKPOINT_PREFIX}{step:09d}"
+
+
+def is_checkpoint_dir(path: Path) -> bool:
+    return (path / MODEL_FILE).is_file() and (path / TRAIN_STATE_FILE).is_file()
+
+
+# ---------------------------------------------------------------------------------------------------- write
+
+def capture_rng() -> dict[str, Any]:
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_state[0], "state": list(py_state[1]),
+                   "gauss_next": py_state[2]},
+    }
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    n = rng["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = rng["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
+
+
+def write_checkpoint(ckpt_dir: Path, *, nets: CUTNets, cfg: JobConfig, position: Position, world_size: int,
+                     strategy: str, optimizers: dict[str, dict], best_fid: float | None,
+                     metrics: dict[str, Any]) -> Path:
+    """All three files of a checkpoint into ``ckpt_dir`` (rank 0; ``optimizers`` already consolidated)."""
+    ckpt_dir = Path(ckpt_dir)
+    save_model(ckpt_dir, nets, cfg, position.step, position.epoch, source="cutdist.train")
+    state = {"format": TRAIN_STATE_FORMAT, "step": position.step, "epoch": position.epoch,
+             "images_in_epoch": position.images_in_epoch, "world_size": world_size, "strategy": strategy,
+             "optimizers": optimizers, "best_fid": best_fid, "rng": capture_rng()}
+    write_atomic(ckpt_dir / TRAIN_STATE_FILE, lambda tmp: torch.save(state, tmp))
+    write_atomic(ckpt_dir / METRICS_FILE, lambda tmp: tmp.write_text(json.dumps(metrics, indent=2, default=str)))
+    return ckpt_dir
+
+
+def staging_dir() -> Path:
+    """A fresh temporary directory for a checkpoint on its way to the runtime (removed after the report)."""
+    return Path(tempfile.mkdtemp(prefix="cutdist_ckpt_"))
+
+
+# ----------------------------------------------------------------------------------------------------- read
+
+def load_train_state(ckpt_dir: Path, map_location: str | torch.device = "cpu", *, mmap: bool = False) -> dict[str, Any]:
+    """``train_state.pt`` (weights only); ``mmap=True`` maps its tensors instead of reading them (the driver's
+    check before Ray starts)."""
+    path = Path(ckpt_dir) / TRAIN_STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{ckpt_dir}: no {TRAIN_STATE_FILE} (not a cutdist training checkpoint)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as err:  # a truncated or foreign file: say which
+        raise CheckpointError(f"{path}: unreadable ({err.__class__.__name__}: {str(err).splitlines()[0]})") from None
+    if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
+        raise CheckpointError(f"{path}: format is not {TRAIN_STATE_FORMAT}")
+    return state
+
+
+@dataclass
+class Restored:
+    """A checkpoint read for resuming: ``model`` is model.pt's payload, ``train`` train_state.pt's, ``metrics``
+    metrics.json's (the report it was written with; {} when absent or unreadable: it is for people)."""
+    path: Path
+    model: dict[str, Any]
+    train: dict[str, Any]
+    metrics: dict[str, Any]
+
+    @property
+    def position(self) -> Position:
+        return Position(self.train["step"], self.train["epoch"], self.train["images_in_epoch"])
+
+    @property
+    def best_fid(self) -> float | None:
+        return self.train.get("best_fid")
+
+
+def read_checkpoint(ckpt_dir: str | Path, cfg: JobConfig, *, mmap: bool = False) -> Restored:
+    """Read and validate a checkpoint directory for resuming ``cfg``: both files readable, the architecture the
+    job's, G, D and F all there. Raises ``CheckpointError`` / ``ConfigError`` / ``ModelIOError`` (one line).
+    ``mmap``: map train_state.pt's tensors rather than read them (a driver that only checks)."""
+    ckpt_dir = Path(ckpt_dir)
+    model_state, _ = load_model(ckpt_dir, map_location="cpu")
+    check_compatible(model_state["config"], cfg, ckpt_dir)
+    for name in ("g", "d", "f"):
+        if model_state.get(name) is None:
+            raise CheckpointError(f"checkpoint.resume_from: {ckpt_dir} holds no {name.upper()} weights")
+    return Restored(ckpt_dir, model_state, load_train_state(ckpt_dir, mmap=mmap), read_metrics(ckpt_dir))
+
+
+def read_metrics(ckpt_dir: str | Path) -> dict[str, Any]:
+    """A checkpoint's metrics.json ({} when absent or unreadable)."""
+    try:
+        metrics = json.loads((Path(ckpt_dir) / METRICS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
+
+
+def check_compatible(saved: dict[str, Any], cfg: JobConfig, where: Path) -> None:
+    """Refuse to resume a checkpoint whose architecture differs from the job's, naming the first key."""
+    for key in ARCHITECTURE_KEYS:
+        section, name = key.split(".")
+        if section not in saved or name not in saved[section]:
+            continue
+        have, want = saved[section][name], getattr(getattr(cfg, section), name)
+        if have != want:
+            raise ConfigError(f"{key}: the job says {want!r} but the checkpoint {where} was trained with {have!r}")
+
+
+# -------------------------------------------------------------------------------------------------- resolve
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory as given, or a run directory -> its latest checkpoint: the one Ray's snapshot
+    names, else the highest-step ``checkpoint_<step>`` holding both files."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"checkpoint.resume_from: no such file or directory {path}")
+    if is_checkpoint_dir(path):
+        return path
+    # A Ray Train run directory: its snapshot names the latest checkpoint that was completely persisted.
+    snapshot = path / "checkpoint_manager_snapshot.json"
+    if snapshot.is_file():
+        try:
+            latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]["checkpoint_dir_name"]
+        except (ValueError, KeyError, TypeError):
+            latest = None
+        if latest and is_checkpoint_dir(path / latest):
+            return path / latest
+    candidates = []
+    for child in path.iterdir() if path.is_dir() else []:
+        match = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", child.name)
+        if match and is_checkpoint_dir(child):
+            candidates.append((int(match.group(1)), child))
+    if not candidates:
+        raise CheckpointError(f"checkpoint.resume_from: {path} is neither a checkpoint directory "
+                              f"(with {MODEL_FILE} and {TRAIN_STATE_FILE}) nor a run directory holding "
+                              f"{CHECKPOINT_PREFIX}<step> checkpoints")
+    return max(candidates)[1]
+
+
+def resolve_resume(cfg: JobConfig) -> str:
+    """``checkpoint.resume_from`` -> the checkpoint directory to start from ("" when unset), validated for this
+    job by ``read_checkpoint``. Raises ``CheckpointError`` / ``ConfigError`` / ``ModelIOError`` naming the key."""
+    if not cfg.checkpoint.resume_from:
+        return ""
+    ckpt = resolve_checkpoint(cfg.checkpoint.resume_from)
+    read_checkpoint(ckpt, cfg, mmap=True)   # readable, the right format and architecture, before any worker starts
+    return str(ckpt)
+
+
+def best_checkpoint(result: Any) -> tuple[str | None, dict | None]:
+    """The kept checkpoint of a Ray Train result with the lowest measured FID (None when none was evaluated)."""
+    scored = [(m[SCORE_KEY], c.path, m) for c, m in (result.best_checkpoints or [])
+              if isinstance(m.get(SCORE_KEY), (int, float)) and math.isfinite(m[SCORE_KEY])]
+    if not scored:
+        return None, None
+    _, path, metrics = min(scored, key=lambda item: item[0])
+    return path, metrics
+
+
+# ---------------------------------------------------------------------------------------------------- prune
+
+def score(metrics: dict[str, Any]) -> float:
+    value = metrics.get(SCORE_KEY, math.inf)
+    return float(value) if isinstance(value, (int, float)) else math.inf
+
+
+def ray_checkpoint_config(cfg: JobConfig):
+    """Ray Train's retention for the job: ``num_to_keep`` best by ``SCORE_KEY`` (min), plus the latest."""
+    from ray.train import CheckpointConfig
+
+    return CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep, checkpoint_score_attribute=SCORE_KEY,
+                            checkpoint_score_order="min")
+
+
+def retain(checkpoints: list[tuple[Path, float]], num_to_keep: int) -> list[tuple[Path, float]]:
+    """Ray's rule outside Ray: of ``(dir, score)`` oldest first, keep the ``num_to_keep`` lowest scores (ties:
+    the newer) plus the latest; delete the others. Returns the kept ones, oldest first."""
+    if not checkpoints:
+        return []
+    latest = checkpoints[-1][0]
+    ranked = sorted(enumerate(checkpoints), key=lambda item: (item[1][1], -item[0]))
+    keep = {p for _, (p, _) in ranked[:num_to_keep]} | {latest}
+    for path, _ in checkpoints:
+        if path not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+    return [(p, s) for p, s in checkpoints if p in keep]
+
+
+def persist(staged: Path, run_dir: Path, step: int) -> Path:
+    """Copy a staged checkpoint into ``run_dir/checkpoint_<step>`` (replacing one of that name) as a whole:
+    copied beside it first, then renamed into place."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dest = run_dir / checkpoint_dir_name(step)
+    staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=".staging_"))
+    shutil.copytree(staged, staging, dirs_exist_ok=True)
+    if dest.exists():
+        shutil.rmtree(dest)
+    staging.replace(dest)
+    return dest
