@@ -123,7 +123,25 @@ def test_flip_equivariance_flips_the_input_and_the_features_back(flip_seed):
 
 
 def test_flip_coin_comes_from_the_flip_generator():
-    assert {coin(s) for s in range(4)} == {True, False}   # the seeds above exercise both branches
+    """cut_step takes its coin from ``flip_generator``, one draw per step, and never from torch's global RNG (which
+    here is set to say the opposite)."""
+    assert {coin(s) for s in range(4)} == {True, False}   # the seeds of the test above exercise both branches
+    cfg = tiny_cfg("fastcut")
+    a, b = images(7)
+    for flip_seed in (next(s for s in range(10) if coin(s)), next(s for s in range(10) if not coin(s))):
+        flipped = coin(flip_seed)
+        nets, updater = fresh(cfg)
+        before = copy.deepcopy(nets)
+        flips = torch.Generator().manual_seed(flip_seed)
+        torch.manual_seed(next(s for s in range(10) if coin(s) != flipped))
+        global_rng = torch.get_rng_state()
+        got = cut_step(nets, updater, a, b, cfg.loss, generator=torch.Generator().manual_seed(9),
+                       flip_generator=flips)["nce"]
+        torch.testing.assert_close(got, expected_nce(before, cfg, a, flipped, 9), rtol=1e-5, atol=1e-6)
+        assert torch.equal(torch.get_rng_state(), global_rng)
+        one_draw = torch.Generator().manual_seed(flip_seed)
+        torch.rand((), generator=one_draw)
+        assert torch.equal(flips.get_state(), one_draw.get_state())
 
 
 def test_no_flip_when_disabled_even_on_a_flipping_coin():

@@ -91,11 +91,24 @@ def test_resume_refuses_another_architecture(shards, tmp_path):
 
 
 def test_samples_logs_and_retention(shards, tmp_path):
-    # also the fast-path switches: bf16 autocast and channels_last
+    # also the fast-path switches: the loop must hand bf16 autocast and channels_last to the step; every
+    # convolution's output dtype and input layout is recorded to see that it did
     cfg = smoke_cfg(shards, tmp_path, **{"optim.max_steps": 7, "checkpoint.every_steps": 2,
                                          "checkpoint.num_to_keep": 2, "logging.every_steps": 2,
                                          "train.precision": "bf16", "train.channels_last": True})
-    metrics, ctx = train(cfg, tmp_path / "run")
+    convs: list[tuple[torch.dtype, bool]] = []
+
+    def record(module, inputs, output):
+        x = inputs[0]
+        if isinstance(module, torch.nn.Conv2d) and torch.is_grad_enabled() and x.shape[1] > 1 and x.shape[-1] > 1:
+            convs.append((output.dtype, x.is_contiguous(memory_format=torch.channels_last)))
+    hook = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        metrics, ctx = train(cfg, tmp_path / "run")
+    finally:
+        hook.remove()
+    assert torch.bfloat16 in {dtype for dtype, _ in convs}           # G under autocast (D stays fp32 by default)
+    assert convs[0][1]                                               # G's stem was fed the batch as NHWC
     run = tmp_path / "run"
     kept = sorted(p.name for p in run.glob("checkpoint_*"))
     assert kept == ["checkpoint_000000006", "checkpoint_000000007"]   # no FID: the newest two

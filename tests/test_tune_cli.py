@@ -72,6 +72,40 @@ def test_missing_shards_are_exit_2(tmp_path, capsys, no_ray):
     assert code == 2 and err == f"error: data.root: no such directory {tmp_path / 'none'}"
 
 
+@pytest.fixture(scope="module")
+def train_only_shards(tmp_path_factory):
+    """Shards with trainA/trainB and no test split at all."""
+    import pyarrow.parquet as pq
+
+    root = write_synth_dataset_at(tmp_path_factory.mktemp("train_only"))
+    table = pq.read_table(root / "manifest.parquet")
+    keep = [s.startswith("train") for s in table.column("split").to_pylist()]
+    for shard in set(table.column("shard").to_pylist()) - set(table.filter(keep).column("shard").to_pylist()):
+        (root / shard).unlink()
+    pq.write_table(table.filter(keep), root / "manifest.parquet")
+    return root
+
+
+def write_synth_dataset_at(root):
+    from cutdist.data.synth import write_synth_dataset
+
+    return write_synth_dataset(root, size=16, count=2, test_count=1, seed=0)
+
+
+def test_fid_without_a_test_split_is_the_train_drivers_error(tmp_path, train_only_shards, capsys, no_ray):
+    """One preflight for both drivers: the sweep refuses shards without testA/testB before Ray, with the very line
+    and exit status of ``python -m cutdist.train``."""
+    from cutdist.train import __main__ as train_cli
+
+    job = [f"data.root={train_only_shards}", f"storage_path={tmp_path}", "eval.enabled=true"]
+    code, err = run_cli(capsys, "--config", SMOKE_JOB, "--space", SMOKE_SPACE, *job)
+    assert code == 2 and err == (f"error: eval.enabled: {train_only_shards / 'manifest.parquet'} has no testA/testB "
+                                 "split to compute FID on (add them, or set eval.enabled=false)")
+    assert train_cli.main(["--config", str(SMOKE_JOB), *job]) == 2
+    assert capsys.readouterr().err.strip() == err
+    assert not (tmp_path / "runs").exists() and len(list(tmp_path.iterdir())) == 0   # no sweep directory made
+
+
 def test_an_existing_sweep_directory_is_not_overwritten(tmp_path, shards, capsys, no_ray):
     (tmp_path / "runs" / "mine").mkdir(parents=True)
     code, err = run_cli(capsys, "--config", SMOKE_JOB, "--space", SMOKE_SPACE, "--name", "mine",

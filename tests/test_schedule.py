@@ -1,0 +1,111 @@
+"""cutdist.schedule: epochs, steps, the lr policy, what is due after each step, and the one seed mixer."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cutdist import config
+from cutdist.schedule import Position, Schedule, lr_factor, mix_seed, steps_per_epoch
+
+
+def test_steps_per_epoch():
+    assert steps_per_epoch(16, 2, 2) == 4
+    assert steps_per_epoch(17, 2, 2) == 5
+    assert steps_per_epoch(1, 4, 8) == 1
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        steps_per_epoch(0, 1, 1)
+
+
+def test_lr_factor_matches_the_reference_linear_policy():
+    def reference(e, n_epochs, n_epochs_decay, epoch_count=1):
+        # models/networks.py get_scheduler('linear'): LambdaLR index e = 0 in the first epoch
+        return 1.0 - max(0, e + epoch_count - n_epochs) / float(n_epochs_decay + 1)
+
+    for epochs, decay in ((200, 200), (150, 50), (3, 0), (0, 5)):
+        for e in range(epochs + decay):
+            assert lr_factor(e, epochs, decay) == pytest.approx(reference(e, epochs, decay))
+    assert lr_factor(199, 200, 200) == 1.0 and lr_factor(200, 200, 200) == pytest.approx(200 / 201)
+    assert lr_factor(399, 200, 200) == pytest.approx(1 / 201)
+    assert lr_factor(500, 200, 200) == 0.0
+
+
+def test_mix_seed_is_the_seeds_the_loop_and_stream_drew_before_it_was_shared():
+    # The two mixers it replaced (train/loop.py step_seed, data/stream.py derive_seed): a run's draws are unchanged.
+    def step_seed(seed, rank, step, stream):
+        return int(np.random.SeedSequence([seed, rank, step, stream]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+    def derive_seed(*parts):
+        return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+    for parts in ((0, 0, 0, 0), (1234, 3, 99999, 1), (2**32 - 1, 7, 5, 0)):
+        assert mix_seed(*parts) == step_seed(*parts) == derive_seed(*parts)
+    assert mix_seed(0, 1, 2, 3, ord("A"), 2) == derive_seed(0, 1, 2, 3, ord("A"), 2)
+    assert 0 <= mix_seed(5, 1) < 2**63 and mix_seed(5, 1) != mix_seed(5, 2)
+
+
+def test_a_seed_outside_32_bits_is_refused(tmp_path):
+    with pytest.raises(config.ConfigError, match=r"^train\.seed"):
+        config.from_dict({"data.root": str(tmp_path), "train.seed": -1})
+    with pytest.raises(config.ConfigError, match=r"^train\.seed"):
+        config.from_dict({"data.root": str(tmp_path), "train.seed": 2**32})
+
+
+def schedule(tmp_path, num_train_a=8, world_size=1, **values):
+    cfg = config.from_dict({"data.root": str(tmp_path), "data.batch_size": 2, "optim.epochs": 2,
+                            "optim.epochs_decay": 2, "optim.lr": 0.1, "data.load_size": 36, "data.crop_size": 32,
+                            **values})
+    return Schedule.of(cfg, num_train_a, world_size)
+
+
+def walk(sched: Schedule, pos: Position | None = None):
+    """Every step's (position after it, what is due) until the schedule says finished."""
+    pos = pos or Position()
+    out = []
+    while not sched.finished(pos):
+        skip = sched.batches_done(pos)
+        for i in range(skip, sched.steps_per_epoch):
+            epoch_end = i == sched.steps_per_epoch - 1
+            sched.advance(pos, epoch_end)
+            due = sched.due(pos, epoch_end)
+            out.append((pos.step, pos.epoch, due))
+            if due.finished:
+                return out
+    return out
+
+
+def test_steps_epochs_lr_and_load_size(tmp_path):
+    s = schedule(tmp_path)                       # 8 images / (2 x 1) = 4 steps per epoch, 4 epochs
+    assert (s.steps_per_epoch, s.images_per_step, s.total_epochs, s.total_steps) == (4, 2, 4, 16)
+    assert [s.lr(e) for e in range(4)] == pytest.approx([0.1, 0.1, 0.1 * 2 / 3, 0.1 / 3])
+    assert [s.epoch_load_size(e) for e in range(4)] == [36, 36, 32, 32]   # no jitter while decaying
+    assert schedule(tmp_path, **{"optim.max_steps": 5}).total_steps == 5
+    constant = schedule(tmp_path, **{"optim.epochs": 0, "optim.epochs_decay": 0, "optim.max_steps": 7})
+    assert constant.total_steps == 7 and constant.lr(3) == 0.1 and constant.epoch_load_size(3) == 36
+    assert schedule(tmp_path, world_size=2).steps_per_epoch == 2
+    steps = walk(s)
+    assert [step for step, _, _ in steps] == list(range(1, 17)) and steps[-1][2].finished
+
+
+def test_cadence(tmp_path):
+    s = schedule(tmp_path, **{"eval.enabled": True, "eval.every": 2, "checkpoint.every_steps": 3,
+                              "logging.every_steps": 5, "logging.sample_every_steps": 7})
+    steps = walk(s)
+    due = {step: d for step, _, d in steps}
+    assert [k for k, d in due.items() if d.eval] == [8, 16]                 # every 2 epochs (4 steps) + the end
+    assert [k for k, d in due.items() if d.checkpoint] == [3, 6, 8, 9, 12, 15, 16]
+    assert [k for k, d in due.items() if d.log] == [3, 5, 6, 8, 9, 10, 12, 15, 16]
+    assert [k for k, d in due.items() if d.samples] == [7, 14, 16]
+    assert [k for k, d in due.items() if d.finished] == [16]
+    end_only = schedule(tmp_path, **{"eval.enabled": True, "eval.every": 0})
+    assert [step for step, _, d in walk(end_only) if d.eval] == [16]
+    off = schedule(tmp_path, **{"eval.enabled": False, "eval.every": 1})
+    assert not any(d.eval for _, _, d in walk(off))
+
+
+def test_a_position_resumed_on_another_world_size(tmp_path):
+    # 6 of epoch 1's 8 images seen by 1 worker of batch 2 (3 steps); 2 workers (4 images a step) skip 1 batch
+    two = schedule(tmp_path, world_size=2)
+    pos = Position(step=7, epoch=1, images_in_epoch=6)
+    assert two.batches_done(pos) == 1 and two.epoch_progress(pos) == pytest.approx(1.75)
+    two.advance(pos, epoch_end=True)
+    assert (pos.step, pos.epoch, pos.images_in_epoch) == (8, 2, 0)
