@@ -1,6 +1,8 @@
 """cutdist.schedule: epochs, steps, the lr policy, what is due after each step, and the one seed mixer."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -50,11 +52,11 @@ def test_a_seed_outside_32_bits_is_refused(tmp_path):
         config.from_dict({"data.root": str(tmp_path), "train.seed": 2**32})
 
 
-def schedule(tmp_path, num_train_a=8, world_size=1, **values):
+def schedule(tmp_path, epoch_size=8, world_size=1, **values):
     cfg = config.from_dict({"data.root": str(tmp_path), "data.batch_size": 2, "optim.epochs": 2,
                             "optim.epochs_decay": 2, "optim.lr": 0.1, "data.load_size": 36, "data.crop_size": 32,
                             **values})
-    return Schedule.of(cfg, num_train_a, world_size)
+    return Schedule.of(cfg, epoch_size, world_size)
 
 
 def walk(sched: Schedule, pos: Position | None = None):
@@ -62,9 +64,12 @@ def walk(sched: Schedule, pos: Position | None = None):
     pos = pos or Position()
     out = []
     while not sched.finished(pos):
-        skip = sched.batches_done(pos)
-        for i in range(skip, sched.steps_per_epoch):
-            epoch_end = i == sched.steps_per_epoch - 1
+        if sched.epoch_done(pos):
+            pos.epoch, pos.images_in_epoch = pos.epoch + 1, 0
+            continue
+        batches = math.ceil((sched.epoch_size - pos.images_in_epoch) / sched.images_per_step)   # as the stream
+        for i in range(batches):
+            epoch_end = i == batches - 1
             sched.advance(pos, epoch_end)
             due = sched.due(pos, epoch_end)
             out.append((pos.step, pos.epoch, due))
@@ -74,7 +79,7 @@ def walk(sched: Schedule, pos: Position | None = None):
 
 
 def test_steps_epochs_lr_and_load_size(tmp_path):
-    s = schedule(tmp_path)                       # 8 images / (2 x 1) = 4 steps per epoch, 4 epochs
+    s = schedule(tmp_path)                       # 8 samples / (2 x 1) = 4 steps per epoch, 4 epochs
     assert (s.steps_per_epoch, s.images_per_step, s.total_epochs, s.total_steps) == (4, 2, 4, 16)
     assert [s.lr(e) for e in range(4)] == pytest.approx([0.1, 0.1, 0.1 * 2 / 3, 0.1 / 3])
     assert [s.epoch_load_size(e) for e in range(4)] == [36, 36, 32, 32]   # no jitter while decaying
@@ -82,6 +87,8 @@ def test_steps_epochs_lr_and_load_size(tmp_path):
     constant = schedule(tmp_path, **{"optim.epochs": 0, "optim.epochs_decay": 0, "optim.max_steps": 7})
     assert constant.total_steps == 7 and constant.lr(3) == 0.1 and constant.epoch_load_size(3) == 36
     assert schedule(tmp_path, world_size=2).steps_per_epoch == 2
+    scaled = schedule(tmp_path, world_size=2, **{"optim.lr_scaling": "linear"})   # global batch 4
+    assert scaled.base_lr == pytest.approx(0.4) and scaled.lr(3) == pytest.approx(0.4 / 3)
     steps = walk(s)
     assert [step for step, _, _ in steps] == list(range(1, 17)) and steps[-1][2].finished
 
@@ -103,9 +110,10 @@ def test_cadence(tmp_path):
 
 
 def test_a_position_resumed_on_another_world_size(tmp_path):
-    # 6 of epoch 1's 8 images seen by 1 worker of batch 2 (3 steps); 2 workers (4 images a step) skip 1 batch
+    # 6 of epoch 1's 8 samples seen by 1 worker of batch 2 (3 steps); 2 workers (4 a step) take 1 more step
     two = schedule(tmp_path, world_size=2)
     pos = Position(step=7, epoch=1, images_in_epoch=6)
-    assert two.batches_done(pos) == 1 and two.epoch_progress(pos) == pytest.approx(1.75)
-    two.advance(pos, epoch_end=True)
-    assert (pos.step, pos.epoch, pos.images_in_epoch) == (8, 2, 0)
+    assert not two.epoch_done(pos) and two.epoch_progress(pos) == pytest.approx(1.75)
+    steps = walk(two, pos)
+    assert steps[0][:2] == (8, 2) and steps[-1][0] == 8 + 2 * 2 and steps[-1][2].finished
+    assert two.epoch_done(Position(step=9, epoch=1, images_in_epoch=8))
