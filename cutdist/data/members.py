@@ -103,7 +103,7 @@ def tar_headers(stream: IO[bytes], where: str) -> Iterator[str]:
         tar = tarfile.open(fileobj=stream, mode="r|*")
         for info in tar:
             tar.members = []
-            check_member(info, where, max_bytes=float("inf"))
+            check_member(info, where)
             if info.isreg() and not _META.match(info.name):
                 yield info.name
     except MemberError:
