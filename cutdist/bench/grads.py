@@ -9,7 +9,7 @@ the tensor that was worst. Relative difference of a tensor: ``max|switched - pla
 is taken at the step's starting weights (the recorder's optimiser ``step`` does nothing), so D's gradient comes from
 D's objective and G's and F's from theirs, all at the same point. Excluded: the biases of convolutions that feed an
 instance norm (the norm subtracts the per-channel mean, so their true gradient is 0 and the computed one is
-rounding noise); their names are listed in ``excluded``.
+rounding noise), as ``excluded`` says.
 
 Switches (``SWITCHES``): ``channels_last``, ``compile``, ``bf16`` (``train.precision``; not exact: its own
 tolerance, see ``BF16_TOLERANCE``), ``fused_adam`` (the parameters, and the update, after one Adam step from the same
