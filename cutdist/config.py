@@ -546,8 +546,8 @@ def _validate_sincut(cfg: JobConfig) -> None:
            f"sincut splits its batch of {d.batch_size} crops over train.num_workers={t.num_workers}: "
            "use a multiple of the worker count")
     _check(d.random_scale_max >= 1, "data.random_scale_max", f"must be >= 1, got {d.random_scale_max}")
-    _check(d.sincut_epoch_size >= d.batch_size, "data.sincut_epoch_size",
-           f"must be >= data.batch_size ({d.batch_size}), got {d.sincut_epoch_size}")
+    _check(d.sincut_epoch_size >= d.batch_size and d.sincut_epoch_size % d.batch_size == 0, "data.sincut_epoch_size",
+           f"must be a multiple of data.batch_size ({d.batch_size}), got {d.sincut_epoch_size}")
     _check(bool(d.image_a) == bool(d.image_b), "data.image_a",
            "set both data.image_a and data.image_b (or neither: one image each in trainA/trainB of data.root)")
     _check(not d.decode_on_device, "data.decode_on_device", "does not apply to sincut (its crops are cut on the "

@@ -94,8 +94,10 @@ class Schedule:
     @classmethod
     def of(cls, cfg: JobConfig, epoch_size: int, world_size: int) -> Schedule:
         """The job's schedule on ``world_size`` ranks; ``epoch_size``: ``Splits.epoch_size``."""
-        global_batch = cfg.data.batch_size * world_size
-        return cls(epoch_size, steps_per_epoch(epoch_size, cfg.data.batch_size, world_size), global_batch,
+        # sincut: data.batch_size is the global batch (the reference's 16 crops), split over the ranks
+        per_rank = cfg.data.batch_size // world_size if cfg.model.mode == "sincut" else cfg.data.batch_size
+        global_batch = per_rank * world_size
+        return cls(epoch_size, steps_per_epoch(epoch_size, per_rank, world_size), global_batch,
                    cfg.optim.epochs, cfg.optim.epochs_decay, cfg.optim.max_steps, scaled_lr(cfg.optim, global_batch),
                    cfg.data.load_size, cfg.data.crop_size, cfg.eval.enabled, cfg.eval.every,
                    cfg.checkpoint.every_steps, cfg.logging.every_steps, cfg.logging.sample_every_steps)

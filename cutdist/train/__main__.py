@@ -127,6 +127,8 @@ def print_summary(cfg, result, launcher, *, before, splits, is_demo: bool) -> No
     if best:
         print(f"  best-FID checkpoint {best} (FID {best_metrics['fid']:.4f}, {best_metrics.get('fid_backbone')})")
     print(f"  sample grid        {logs / 'samples' / 'latest.png'}")
+    if cfg.model.mode == "sincut" and cfg.eval.enabled:
+        print(f"  translated image   {logs / 'samples' / 'translated_latest.png'}")
     print(f"  metrics            {logs / 'metrics.jsonl'}")
     if cfg.logging.tensorboard:
         print(f"  TensorBoard        tensorboard --logdir {logs / 'tensorboard'}")

@@ -167,7 +167,10 @@ def read_metrics(ckpt_dir: str | Path) -> dict[str, Any]:
 
 def check_compatible(saved: dict[str, Any], cfg: JobConfig, where: Path) -> None:
     """Refuse to resume a checkpoint whose architecture differs from the job's, naming the first key."""
-    for key in ARCHITECTURE_KEYS:
+    keys = ARCHITECTURE_KEYS
+    if "sincut" in (saved.get("model", {}).get("mode"), cfg.model.mode):   # other nets; the crop sizes them
+        keys = ("model.mode", "data.crop_size", *ARCHITECTURE_KEYS)
+    for key in keys:
         section, name = key.split(".")
         if section not in saved or name not in saved[section]:
             continue

@@ -35,6 +35,7 @@ from cutdist import config as config_mod
 from cutdist.config import JobConfig
 from cutdist.schedule import FLIP_SEEDS, PATCH_SEEDS, Position, Schedule, mix_seed
 from cutdist.train import checkpoint
+from cutdist.train import sincut as sincut_mode
 from cutdist.train.checkpoint import Restored
 from cutdist.train.context import LocalContext, RayContext, WorkerContext
 from cutdist.train.logger import RunLogger, say
@@ -55,31 +56,41 @@ def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from
     from cutdist.train.summary import BestSoFar
 
     seed_everything(cfg.train.seed)
+    sincut = cfg.model.mode == "sincut"   # one image per domain: cutdist.train.sincut's feed, step and evaluation
+    images = sincut_mode.load_images(cfg, splits) if sincut else None
     ckpt_dir = ctx.resume_checkpoint() or (Path(resume_from) if resume_from else None)
     restored = checkpoint.read_checkpoint(ckpt_dir, cfg) if ckpt_dir else None
     strategy = build_models(cfg, ctx, restored)
     pos, best_fid = (restored.position, restored.best_fid) if restored else (Position(), None)
     best = BestSoFar.from_metrics(restored.metrics if restored else None)   # FID / KID with step and epoch
-    sched = Schedule.of(cfg, splits.epoch_size, ctx.world_size)
+    sched = Schedule.of(cfg, cfg.data.sincut_epoch_size if sincut else splits.epoch_size, ctx.world_size)
     rank0 = ctx.rank == 0
     if rank0:
         origin = f"resumed from {ckpt_dir} at step {pos.step} (epoch {pos.epoch})" if restored else "fresh start"
         say(f"[cutdist.train] {cfg.train.strategy} x{ctx.world_size} on {ctx.device}: {sched.steps_per_epoch} "
             f"steps/epoch, {sched.total_steps} steps in all; {origin}")
-    evaluator = (FidEvaluator(cfg, splits, rank=ctx.rank, world_size=ctx.world_size, device=ctx.device)
-                 if cfg.eval.enabled else None)
     logger = RunLogger(logs_dir, tensorboard=cfg.logging.tensorboard, total_steps=sched.total_steps) if rank0 else None
-    sample_inputs = _sample_inputs(cfg, splits) if rank0 else None
+    if sincut:
+        evaluator = (sincut_mode.WholeImageEvaluator(cfg, images, ctx, logs_dir, logger) if cfg.eval.enabled
+                     else None)
+        sample_inputs = sincut_mode.sample_inputs(cfg, images) if rank0 else None
+        feed = sincut_mode.SinCUTFeed(cfg, images, ctx, sched)
+    else:
+        evaluator = (FidEvaluator(cfg, splits, rank=ctx.rank, world_size=ctx.world_size, device=ctx.device)
+                     if cfg.eval.enabled else None)
+        sample_inputs = _sample_inputs(cfg, splits) if rank0 else None
+        feed = EpochFeed(cfg, splits, ctx, sched)
     if rank0 and sched.finished(pos):
         say(f"[cutdist.train] nothing to do: the run is already at step {pos.step} (epoch {pos.epoch}), its end")
-    feed, meter = EpochFeed(cfg, splits, ctx, sched), LossMeter(started_at)
+    meter = LossMeter(started_at)
     last_metrics: dict[str, Any] = {"step": pos.step, "epoch": float(pos.epoch)}
 
     while not sched.finished(pos):
         lr = sched.lr(pos.epoch)
         strategy.set_lr(lr)
         for real_a, real_b, skipped, epoch_end in feed.epoch(pos):
-            meter.add(train_step(cfg, strategy, real_a, real_b, ctx, pos.step), skipped)
+            step_fn = sincut_mode.sincut_train_step if sincut else train_step
+            meter.add(step_fn(cfg, strategy, real_a, real_b, ctx, pos.step), skipped)
             sched.advance(pos, epoch_end)
             if meter.first_step(rank0):
                 say(f"[cutdist.train] first training step done {meter.first_step_s:.1f} s after the driver started")
@@ -88,14 +99,16 @@ def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from
                 _write_samples(logger, strategy.plain, cfg, sample_inputs or (real_a, real_b), pos.step, ctx.device)
             if due.log:
                 metrics = _interval_metrics(meter, ctx, pos, sched, lr)
-                if due.eval:
+                if due.eval and sincut:
+                    metrics.update(evaluator(strategy.plain.g, pos.step))
+                elif due.eval:
                     metrics.update(evaluator(strategy.plain.g))
                     best_fid = metrics["fid"] if best_fid is None else min(best_fid, metrics["fid"])
                     best.update(metrics, pos.step, pos.epoch)
                 metrics.update(best.as_metrics())
                 if best_fid is not None:
                     metrics["fid_best"] = best_fid
-                metrics[checkpoint.SCORE_KEY] = metrics["fid"] if due.eval else math.inf
+                metrics[checkpoint.SCORE_KEY] = metrics["fid"] if "fid" in metrics else math.inf
                 _publish(ctx, strategy, cfg, pos, metrics, best_fid, due.checkpoint, logger)
                 last_metrics = metrics
             if due.finished:
@@ -117,7 +130,12 @@ def build_models(cfg: JobConfig, ctx: WorkerContext, restored: Restored | None) 
     from cutdist.model.fastpath import apply_fast_path
     from cutdist.model.networks import build_nets
 
-    plain = build_nets(cfg)
+    if cfg.model.mode == "sincut":
+        from cutdist.model.sincut import build_sincut_nets
+
+        plain = build_sincut_nets(cfg)
+    else:
+        plain = build_nets(cfg)
     for name in ("g", "d", "f"):
         setattr(plain, name, getattr(plain, name).to(ctx.device))
         if restored is not None:

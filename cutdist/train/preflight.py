@@ -19,7 +19,8 @@ from typing import Any
 
 from cutdist.config import ConfigError, JobConfig
 
-PATH_KEYS = ("data.root", "data.train_a", "data.train_b", "data.test_a", "data.test_b", "checkpoint.resume_from",
+PATH_KEYS = ("data.root", "data.train_a", "data.train_b", "data.test_a", "data.test_b", "data.image_a", "data.image_b",
+             "checkpoint.resume_from",
              "eval.cache_dir", "eval.inception_weights", "storage_path")
 
 
@@ -77,16 +78,21 @@ def preflight(cfg: JobConfig, *, say: Callable[[str], None] = print) -> Prefligh
     root = Path(cfg.data.root)
     if cfg.data.synth_if_missing and cfg.data.root and not is_remote(cfg.data.root) \
             and not (root / "manifest.parquet").is_file():
-        say(f"synthesising the demo shards into {root} ({cfg.data.synth_count} images per domain, "
-            f"{cfg.data.synth_size} px)")
-    try:
-        splits = resolve_splits(cfg.data)   # writes the demo shards first when data.synth_if_missing
-    except DataError as err:
-        raise PreflightError(str(err)) from None
-    if cfg.eval.enabled and not (splits.test_a and splits.test_b):
+        what = ("the synthetic painting/photo pair" if cfg.data.synth_kind == "single_pair"
+                else f"{cfg.data.synth_count} images per domain")
+        say(f"synthesising the demo shards into {root} ({what}, {cfg.data.synth_size} px)")
+    sincut = cfg.model.mode == "sincut"   # one image per domain: no FID; its evaluation writes the translated image
+    if sincut:
+        splits = _sincut_images(cfg)
+    else:
+        try:
+            splits = resolve_splits(cfg.data)   # writes the demo shards first when data.synth_if_missing
+        except DataError as err:
+            raise PreflightError(str(err)) from None
+    if cfg.eval.enabled and not sincut and not (splits.test_a and splits.test_b):
         raise PreflightError(f"eval.enabled: {splits.manifest or cfg.data.root} has no testA/testB split to compute "
                              "FID on (add them, or set eval.enabled=false)")
-    if cfg.eval.enabled:
+    if cfg.eval.enabled and not sincut:
         problem = weights_problem(cfg.eval.inception_weights)
         if problem:
             raise PreflightError(f"eval.inception_weights: {problem}")
@@ -95,3 +101,18 @@ def preflight(cfg: JobConfig, *, say: Callable[[str], None] = print) -> Prefligh
     except (CheckpointError, ConfigError, ModelIOError) as err:
         raise PreflightError(str(err)) from None
     return Preflight(splits=absolute_splits(splits), resume_from=resume_from)
+
+
+def _sincut_images(cfg: JobConfig) -> Any:
+    """SinCUT's two images, decoded here as the workers will: from data.image_a / data.image_b (then the splits are
+    empty), else the one image of trainA and of trainB under data.root (synthesised first if the job asks)."""
+    from cutdist.data import DataError, Splits, resolve_splits
+    from cutdist.data.single_image import load_single_images
+
+    try:
+        splits = (Splits(train_a=[], train_b=[]) if cfg.data.image_a and cfg.data.image_b
+                  else resolve_splits(cfg.data))
+        load_single_images(cfg.data, splits)
+    except DataError as err:
+        raise PreflightError(str(err)) from None
+    return splits

@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     except (SpaceError, ConfigError) as err:
         return fail(str(err))
     problem = sweep_problem(base, space)
+    if base.model.mode == "sincut":   # trials are ranked by FID, which one image per domain does not have
+        problem = "model.mode: sincut has no FID to rank trials by; sweeps support cut and fastcut"
     if problem:
         return fail(problem)
 
