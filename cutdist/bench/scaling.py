@@ -23,7 +23,7 @@ the bench refuses the former and says so for the latter.
 Output in ``--out`` (default ``benchmarks/results/scaling-<date>``), rewritten after every run so a killed run
 leaves what it finished, and ``--out`` of an earlier run resumes it (runs already there are skipped):
 ``scaling.json`` (settings, one record per run, the aggregate per (B, rule): mean and sample std over seeds,
-and the verdict), ``scaling.csv`` (the aggregate table), ``scaling.png`` (paired error, stripe ratio and FID vs
+and the verdict), ``scaling.csv`` (the aggregate table), ``scaling.md`` (the same as Markdown, with the verdict), ``scaling.png`` (paired error, stripe ratio and FID vs
 B, one line per rule, error bars = std over seeds). The last stdout line is the JSON of the aggregate and verdict.
 
 The verdict: for each rule, ``mean_gap`` = mean over B > 1 of (its lowfreq_l1 at B - lowfreq_l1 at B = 1), and
@@ -262,6 +262,37 @@ def run_one(cfg: Any, splits: Any, run_dir: Path, device: Any, baselines: dict) 
     return record
 
 
+def markdown(result: dict[str, Any]) -> str:
+    """The aggregate table and the verdict as Markdown (scaling.md; what the README quotes)."""
+    def cell(row: dict[str, Any], metric: str, digits: int) -> str:
+        mean, std = row.get(f"{metric}_mean"), row.get(f"{metric}_std")
+        if not isinstance(mean, float) or not math.isfinite(mean):
+            return "–"
+        return f"{mean:.{digits}f} ± {std:.{digits}f}" if isinstance(std, float) and math.isfinite(std) \
+            else f"{mean:.{digits}f}"
+    lines = ["| global batch | lr rule | lr | steps | seeds | lowfreq_l1 ↓ | stripe ratio (1 = GT) | FID ↓ | KID ↓ |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in result.get("table", []):
+        lines.append(f"| {row['global_batch']} | {row['rule']} | {row['lr']:.2g} | {row['steps']} | {row['seeds']} | "
+                     f"{cell(row, 'lowfreq_l1', 4)} | {cell(row, 'stripe_energy_ratio', 3)} | {cell(row, 'fid', 1)} | "
+                     f"{cell(row, 'kid', 4)} |")
+    base = result.get("baselines") or {}
+    if base:
+        for label, key in (("input A (no-op)", "identity"), ("G at init", "g")):
+            values = [b[key]["lowfreq_l1"] for b in base.values()]
+            lines.append(f"| – | {label} | – | 0 | {len(values)} | {sum(values) / len(values):.4f} | – | – | – |")
+    v = result.get("verdict") or {}
+    if v.get("rules"):
+        def num(x: Any, spec: str) -> str:
+            return format(x, spec) if isinstance(x, float) and math.isfinite(x) else "n/a"
+        gaps = "; ".join(f"{rule} {num(r['mean_gap'], '+.4f')} ± {num(r['gap_se'], '.4f')}"
+                         for rule, r in v["rules"].items())
+        lines.append("")
+        lines.append(f"Mean lowfreq_l1 gap to batch 1 over the larger batches (± standard error): {gaps}. "
+                     f"Recommended `optim.lr_scaling`: **{v['recommended']}** ({v['reason']}).")
+    return "\n".join(lines) + "\n"
+
+
 def _finite(value: Any) -> Any:
     """NaN (a metric not measured, a std of one seed) as JSON null."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -284,6 +315,7 @@ def _write(out: Path, result: dict[str, Any]) -> None:
             writer.writeheader()
             for row in rows:
                 writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
+        (out / "scaling.md").write_text(markdown(result))
 
 
 def main(argv: list[str] | None = None) -> int:
