@@ -97,6 +97,11 @@ def test_verdict_needs_evidence_to_move_off_none():
                       (4, "linear"): [0.102, 0.103, 0.101]})
     v = verdict(clear, ["none", "linear"])
     assert v["recommended"] == "linear" and v["rules"]["linear"]["mean_gap"] == pytest.approx(0.002)
+    trained = {"0": {"g": {"lowfreq_l1": 0.2}}}
+    assert verdict(clear, ["none", "linear"], trained)["recommended"] == "linear"
+    untrained = {"0": {"g": {"lowfreq_l1": 0.09}}}   # batch 1 (0.100) no better than G at init: too short to rank
+    v = verdict(clear, ["none", "linear"], untrained)
+    assert v["recommended"] == "none" and v["reason"].startswith("inconclusive")
 
 
 @pytest.mark.slow
@@ -126,3 +131,5 @@ def test_tiny_end_to_end_run_and_resume(tmp_path, one_torch_thread, capsys):
 
     assert main(argv[:-1] + ["train.seed=3"]) == 2
     assert "train.seed: set by the bench" in capsys.readouterr().err
+    assert main(argv + ["optim.lr=0.001"]) == 2   # resuming with another job would mix incomparable runs
+    assert "its runs were made with another job (optim.lr: " in capsys.readouterr().err

@@ -29,7 +29,8 @@ B, one line per rule, error bars = std over seeds). The last stdout line is the 
 The verdict: for each rule, ``mean_gap`` = mean over B > 1 of (its lowfreq_l1 at B - lowfreq_l1 at B = 1), and
 ``gap_se`` its standard error from the seed spread; ``recommended`` is the rule with the smallest gap if that
 gap is below ``none``'s by more than 2 standard errors of the difference, else ``none`` (no change without
-evidence). Exit 0; 2 on a usage or data error (one line on stderr); 1 when a run fails (the JSON so far, with
+evidence) — and ``none`` as inconclusive when the batch-1 runs do not beat G at initialisation (runs too short:
+a smaller gap would only mean a generator that moved less). Exit 0; 2 on a usage or data error (one line on stderr); 1 when a run fails (the JSON so far, with
 ``error``).
 """
 from __future__ import annotations
@@ -164,9 +165,11 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def verdict(records: list[dict[str, Any]], rules: list[str]) -> dict[str, Any]:
+def verdict(records: list[dict[str, Any]], rules: list[str], baselines: dict | None = None) -> dict[str, Any]:
     """Per rule: the mean over B > 1 of the seed-mean lowfreq_l1 gap to B = 1, its standard error, and the
-    recommended default (module docstring)."""
+    recommended default (module docstring). With ``baselines`` ({seed: {"g": G at init's quality, ...}}): when
+    the B = 1 runs do not beat G at init on lowfreq_l1, the runs were too short to rank rules (a smaller gap
+    then only means a G that moved less) and the verdict is inconclusive: ``none``."""
     by_b1 = [r["lowfreq_l1"] for r in records if r["global_batch"] == 1]
     ref, ref_sd = _mean_std(by_b1)
     out: dict[str, Any] = {"metric": "lowfreq_l1", "reference_b1": ref, "rules": {}}
@@ -197,6 +200,13 @@ def verdict(records: list[dict[str, Any]], rules: list[str]) -> dict[str, Any]:
                           " no evidence for a change")
             else:
                 reason = f"{best}'s mean gap is below none's by {diff:.4f} > 2 standard errors ({2 * se:.4f})"
+    at_init = [b["g"]["lowfreq_l1"] for b in (baselines or {}).values() if b and "g" in b]
+    if at_init and math.isfinite(ref):
+        out["g_at_init"] = sum(at_init) / len(at_init)
+        if ref >= out["g_at_init"]:
+            recommended = "none"
+            reason = (f"inconclusive: the batch-1 runs ({ref:.4f}) do not beat G at init ({out['g_at_init']:.4f}) "
+                      "on lowfreq_l1, so a smaller gap only means a G that moved less; too short to rank rules")
     out["recommended"], out["reason"] = recommended, reason
     return out
 
@@ -239,6 +249,23 @@ def _latest_checkpoint(run_dir: Path) -> Path:
     if not found:
         raise RuntimeError(f"{run_dir}: the run left no checkpoint")
     return found[-1]
+
+
+def _job_record(cfg: Any) -> dict[str, Any]:
+    """The job's settings that a resumed bench must share with the runs already made (bench-owned keys out)."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            flat[prefix] = value
+    walk("", cfg.to_dict())
+    ignored = set(OWNED_KEYS) | {"name", "storage_path", "eval.every", "logging.sample_every_steps",
+                                 "logging.tensorboard", "logging.every_steps", "checkpoint.every_steps",
+                                 "checkpoint.num_to_keep", "data.loader_workers"}
+    return {k: v for k, v in flat.items() if k not in ignored}
 
 
 def run_one(cfg: Any, splits: Any, run_dir: Path, device: Any, baselines: dict) -> dict[str, Any]:
@@ -354,6 +381,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path("benchmarks/results") / f"scaling-{date:%Y%m%d-%H%M}"
     out.mkdir(parents=True, exist_ok=True)
     previous = json.loads((out / "scaling.json").read_text()) if (out / "scaling.json").is_file() else {}
+    job = _job_record(first)
+    if previous.get("job") and previous["job"] != job:
+        changed = sorted(k for k in set(job) | set(previous["job"]) if job.get(k) != previous["job"].get(k))
+        print(f"cutdist.bench scaling: --out {out}: its runs were made with another job ({changed[0]}: "
+              f"{previous['job'].get(changed[0])!r} there, {job.get(changed[0])!r} now); resume with the same job "
+              "and overrides, or use another --out", file=sys.stderr)
+        return 2
     records = [r for r in previous.get("runs", []) if (r["global_batch"], r["rule"], r["seed"]) in jobs]
     done = {(r["global_batch"], r["rule"], r["seed"]) for r in records}
     epochs = first.optim.epochs + first.optim.epochs_decay
@@ -366,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         "crop": first.data.crop_size, "device": device.type, "device_name": device_name(device),
         "threads": torch.get_num_threads() if device.type == "cpu" else None, "torch": torch.__version__,
         "python": platform.python_version(), "started": previous.get("started") or date.isoformat(timespec="seconds"),
-        "runs": records, "baselines": previous.get("baselines", {}),
+        "runs": records, "baselines": previous.get("baselines", {}), "job": job,
     }
     baselines: dict = {}
     runs_root = out / "runs" if args.keep_runs else Path(tempfile.mkdtemp(prefix="cutdist_scaling_"))
@@ -389,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
                 result["baselines"][str(seed)] = baselines[seed]
             records.append(record)
             result["table"] = aggregate(records)
-            result["verdict"] = verdict(records, rules)
+            result["verdict"] = verdict(records, rules, result["baselines"])
             _write(out, result)
             plot(result["table"], out / "scaling.png", title)
             print(f"[cutdist.bench scaling] B={b} rule={rule} seed={seed}: lowfreq_l1 {record['lowfreq_l1']:.4f} "
@@ -402,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep_runs:
         shutil.rmtree(runs_root, ignore_errors=True)
     result["table"] = aggregate(records)
-    result["verdict"] = verdict(records, rules) if records else {}
+    result["verdict"] = verdict(records, rules, result["baselines"]) if records else {}
     result["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     _write(out, result)
     if records:
