@@ -28,10 +28,12 @@ class FlopCount(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.flops = 0
+        self.ops = 0     # aten operators dispatched: about the kernels a GPU would launch
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        self.ops += 1
         formula = flop_registry.get(func._overloadpacket)
         if formula is not None:
             self.flops += formula(*args, **kwargs, out_val=out)
@@ -62,7 +64,7 @@ def main() -> None:
     per_step = (time.perf_counter() - t0) / args.steps
     print(json.dumps({"bench": "sincut-step", "batch": args.batch, "crop": size, "threads": args.threads,
                       "steps_timed": args.steps, "s_per_step": round(per_step, 3),
-                      "s_per_1000_steps": round(per_step * 1000, 1), "gflop_per_step": round(counter.flops / 1e9, 1)}))
+                      "s_per_1000_steps": round(per_step * 1000, 1), "gflop_per_step": round(counter.flops / 1e9, 1), "aten_ops_per_step": counter.ops}))
 
 
 if __name__ == "__main__":

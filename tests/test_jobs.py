@@ -60,3 +60,14 @@ def test_runtime_env_is_a_ray_runtime_env():
     assert set(env) <= {"working_dir", "excludes", "pip", "env_vars", "py_modules", "conda", "container"}
     from ray.runtime_env import RuntimeEnv
     RuntimeEnv(**env)   # Ray's own validation of the fields
+
+
+def test_sincut_job_carries_the_authors_recipe():
+    cfg = config.load(JOBS / "sincut.yaml")
+    assert cfg.model.mode == "sincut" and (cfg.model.ngf, cfg.model.ndf, cfg.model.n_blocks) == (10, 8, 6)
+    assert (cfg.loss.gan_mode, cfg.loss.lambda_r1, cfg.loss.lambda_x, cfg.loss.lambda_identity_l1) == \
+        ("nonsaturating", 1.0, 4.0, 1.0)
+    assert (cfg.loss.nce_layers, cfg.loss.num_patches, cfg.loss.negatives_from_minibatch) == ([0, 2, 4], 1, True)
+    assert (cfg.optim.lr, cfg.optim.beta1, cfg.optim.beta2, cfg.optim.epochs, cfg.optim.epochs_decay) == \
+        (0.002, 0.0, 0.99, 8, 8)
+    assert (cfg.data.batch_size, cfg.data.crop_size, cfg.data.sincut_epoch_size) == (16, 64, 100000)

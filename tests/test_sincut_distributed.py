@@ -1,4 +1,4 @@
-"""R1's double backward under DDP and DeepSpeed ZeRO-1 (two gloo ranks, each with half of the global batch).
+"""R1's double backward under DDP and DeepSpeed ZeRO-0 and ZeRO-1 (two gloo ranks, each with half of the global batch).
 
 D's objective (GAN terms + R1) is a mean of per-crop terms, so the averaged gradient over two ranks holding half
 the crops each is the gradient of the full batch: after one step, D must equal a single process's D stepped on
@@ -19,6 +19,9 @@ from cutdist import config
 VALUES = {"model.mode": "sincut", "model.ngf": 1, "model.ndf": 4, "model.n_blocks": 2, "loss.nce_layers": [0, 2, 3],
           "data.crop_size": 16, "data.batch_size": 4, "data.image_a": "a", "data.image_b": "b", "model.netf_nc": 16,
           "train.num_workers": 2}
+
+
+STRATEGIES = (("ddp", 1), ("deepspeed", 0), ("deepspeed", 1))
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,23 +53,23 @@ def _worker(rank: int, tmp: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        for strategy in ("ddp", "deepspeed"):
-            cfg = config.from_dict({**VALUES, "train.strategy": strategy, "train.zero_stage": 1})
-            torch.save(_one_step(cfg, 2, rank), f"{tmp}/{strategy}_{rank}.pt")
+        for strategy, stage in STRATEGIES:
+            cfg = config.from_dict({**VALUES, "train.strategy": strategy, "train.zero_stage": stage})
+            torch.save(_one_step(cfg, 2, rank), f"{tmp}/{strategy}{stage}_{rank}.pt")
             dist.barrier()
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_r1_double_backward_under_ddp_and_deepspeed_equals_the_full_batch(tmp_path, one_torch_thread):
+def test_r1_double_backward_under_ddp_and_deepspeed_zero0_zero1_equals_the_full_batch(tmp_path, one_torch_thread):
     from ray_head import free_ports
 
     (tmp_path / "port").write_text(str(free_ports(1)[0]))
     mp.spawn(_worker, args=(str(tmp_path),), nprocs=2, join=True)
     single = _one_step(config.from_dict({**VALUES, "train.num_workers": 1}), 1, 0)
-    for strategy in ("ddp", "deepspeed"):
-        ranks = [torch.load(tmp_path / f"{strategy}_{r}.pt") for r in (0, 1)]
+    for strategy, stage in STRATEGIES:
+        ranks = [torch.load(tmp_path / f"{strategy}{stage}_{r}.pt") for r in (0, 1)]
         for name in ("g", "d", "f"):
             for key, value in ranks[0][name].items():
                 assert torch.equal(value, ranks[1][name][key]), (strategy, name, key)
