@@ -111,13 +111,15 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
     return path
 
 
-def load_model(ckpt_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], JobConfig]:
-    """Read ``model.pt`` (weights only) -> (payload dict, its JobConfig)."""
+def load_model(ckpt_dir: str | Path, map_location: str | torch.device = "cpu", *,
+               mmap: bool = False) -> tuple[dict[str, Any], JobConfig]:
+    """Read ``model.pt`` (weights only) -> (payload dict, its JobConfig); ``mmap=True`` maps the tensors instead
+    of reading them (a driver that only checks the file)."""
     path = model_file(ckpt_dir)
     if not path.is_file():
         raise ModelIOError(f"{path}: no such file (a cutdist checkpoint is a directory holding {MODEL_FILE})")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001 - any unreadable file becomes one clear line
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelIOError(f"{path}: cannot read ({first})") from None

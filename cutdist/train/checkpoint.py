@@ -146,9 +146,10 @@ class Restored:
 def read_checkpoint(ckpt_dir: str | Path, cfg: JobConfig, *, mmap: bool = False) -> Restored:
     """Read and validate a checkpoint directory for resuming ``cfg``: both files readable, the architecture the
     job's, G, D and F all there. Raises ``CheckpointError`` / ``ConfigError`` / ``ModelIOError`` (one line).
-    ``mmap``: map train_state.pt's tensors rather than read them (a driver that only checks)."""
+    ``mmap``: map the files' tensors rather than read them (the driver, which only checks: the workers are the
+    ones that read the weights)."""
     ckpt_dir = Path(ckpt_dir)
-    model_state, _ = load_model(ckpt_dir, map_location="cpu")
+    model_state, _ = load_model(ckpt_dir, map_location="cpu", mmap=mmap)
     check_compatible(model_state["config"], cfg, ckpt_dir)
     for name in ("g", "d", "f"):
         if model_state.get(name) is None:
