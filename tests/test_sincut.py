@@ -179,6 +179,7 @@ def _run_steps(cfg, seed: int, steps: int = 2):
     return out, nets
 
 
+@pytest.mark.slow
 def test_seeded_step_is_deterministic_and_updates_every_net(one_torch_thread):
     cfg = tiny_cfg()
     first, nets1 = _run_steps(cfg, seed=3)

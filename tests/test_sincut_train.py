@@ -2,6 +2,7 @@
 image, a resumed run equal to an uninterrupted one, the driver's preflight for the two image sources."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +54,10 @@ def test_train_checkpoints_translated_image_and_exact_resume(tmp_path):
     # stop after step 4 (mid-epoch), resume from that checkpoint: the same weights as the uninterrupted run
     short = job(tmp_path, **{"optim.max_steps": 4})
     run_local(short, splits, run_dir=tmp_path / "part")
-    resumed = job(tmp_path, **{"checkpoint.resume_from": str(tmp_path / "part" / "checkpoint_000000004")})
-    run_local(resumed, splits, run_dir=tmp_path / "resumed")
+    metrics, _ = run_local(job(tmp_path), splits, run_dir=tmp_path / "resumed",
+                           resume_from=tmp_path / "part" / "checkpoint_000000004")
+    assert [m["step"] for m in map(json.loads, (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines())] \
+        == [5, 6]                                                    # steps 5 and 6 only: it did resume
     got, want = weights(tmp_path / "resumed" / "checkpoint_000000006"), weights(full / "checkpoint_000000006")
     assert got.keys() == want.keys()
     assert all(torch.equal(got[k], want[k]) for k in want), [k for k in want if not torch.equal(got[k], want[k])]

@@ -332,11 +332,15 @@ def _write_samples(logger: RunLogger | None, plain: Any, cfg: JobConfig, inputs:
     real_a, real_b = (x[:4].to(device) for x in inputs)
     was_training = plain.g.training
     plain.g.eval()
+    # SinCUT's G draws noise from torch's generator: a sample grid must not move training's random stream (a run
+    # resumed from a checkpoint written after a grid would otherwise draw other noise than an uninterrupted one).
+    devices = [device] if device.type == "cuda" else []
     try:
-        columns, names = [real_a, plain.g(real_a), real_b], ["real A", "G(A)", "real B"]
-        if cfg.loss.identity:
-            columns.append(plain.g(real_b))
-            names.append("G(B)")
+        with torch.random.fork_rng(devices=devices):
+            columns, names = [real_a, plain.g(real_a), real_b], ["real A", "G(A)", "real B"]
+            if cfg.loss.identity:
+                columns.append(plain.g(real_b))
+                names.append("G(B)")
     finally:
         plain.g.train(was_training)
     logger.samples(step, columns, names)
