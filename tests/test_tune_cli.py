@@ -264,3 +264,10 @@ def test_error_line_picks_the_cause():
     err = RuntimeError("ray.train.TrainingFailedError: Training failed due to worker errors:\n"
                        "  File x, line 3\nValueError: frechet_distance: mu1 has non-finite values\n")
     assert error_line(err) == "ValueError: frechet_distance: mu1 has non-finite values"
+
+
+def test_sincut_is_refused_no_fid_to_rank_by(tmp_path, capsys, no_ray):
+    space = write_space(tmp_path, {"params": {"loss.lambda_x": {"choice": [2.0, 4.0]}}})
+    code, err = run_cli(capsys, "--config", ROOT / "jobs" / "sincut_smoke.yaml", "--space", space,
+                        f"data.root={tmp_path / 'pair'}")
+    assert code == 2 and err == "error: model.mode: sincut has no FID to rank trials by; sweeps support cut and fastcut"
