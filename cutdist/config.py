@@ -148,7 +148,8 @@ class TrainConfig:
 
 @dataclass
 class CheckpointConfig:
-    every_steps: int = 1000
+    every_steps: int = 1000           # 0 = no step cadence
+    every_minutes: float = 0.0        # wall time of training between checkpoints, checked on log steps (0 = off)
     num_to_keep: int = 2
     resume_from: str = ""             # a checkpoint directory or a run directory
     max_failures: int = 0             # worker-group restarts Ray Train may make
@@ -524,7 +525,9 @@ def validate(cfg: JobConfig) -> JobConfig:
     for k, v in t.resources_per_worker.items():
         _check(v >= 0, f"train.resources_per_worker.{k}", f"must be >= 0, got {v}")
 
-    _check(c.every_steps >= 1, "checkpoint.every_steps", f"must be >= 1, got {c.every_steps}")
+    _check(c.every_steps >= 0, "checkpoint.every_steps", f"must be >= 0 (0 = no step cadence), got {c.every_steps}")
+    _check(c.every_minutes >= 0, "checkpoint.every_minutes",
+           f"must be >= 0 (minutes of training between checkpoints, 0 = off), got {c.every_minutes}")
     _check(c.num_to_keep >= 1, "checkpoint.num_to_keep", f"must be >= 1, got {c.num_to_keep}")
     _check(c.max_failures >= -1, "checkpoint.max_failures", f"must be >= -1 (-1 = retry forever), got {c.max_failures}")
     _check(lg.every_steps >= 1, "logging.every_steps", f"must be >= 1, got {lg.every_steps}")

@@ -10,13 +10,16 @@ One place for the arithmetic the data stream, the worker loop and the sweep's re
 - the learning rate: ``optim.lr`` scaled to the global batch (``config.scaled_lr``, ``optim.lr_scaling``), then
   the reference's ``linear`` policy (``lr_factor``); the decay epochs drop the resize-then-crop jitter;
 - after every step ``Schedule.due`` says what is due: a sample grid, a log line, an FID evaluation, a
-  checkpoint; every rank takes the same decisions, from the position alone;
+  checkpoint; every rank takes the same decisions, from the position alone, except the checkpoint by wall time
+  (``checkpoint.every_minutes``, ``CheckpointTimer``), asked on log steps only and agreed across the ranks;
 - ``mix_seed`` is the one seed mixer: stream seeds (per rank, worker, epoch, domain) and step seeds (per rank,
   step: patch ids, the flip coin) both come from it, so a resumed run draws what an uninterrupted one would.
 """
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,7 +90,7 @@ class Schedule:
     crop_size: int
     eval_enabled: bool
     eval_every: int           # epochs; 0 = only at the end
-    checkpoint_every: int     # steps
+    checkpoint_every: int     # steps; 0 = by time (CheckpointTimer), FID and the end only
     log_every: int            # steps
     sample_every: int         # steps
 
@@ -138,13 +141,43 @@ class Schedule:
         if epoch_end:
             pos.epoch, pos.images_in_epoch = pos.epoch + 1, 0
 
-    def due(self, pos: Position, epoch_end: bool) -> Due:
+    def due(self, pos: Position, epoch_end: bool, timer: CheckpointTimer | None = None) -> Due:
         """After a step: samples every ``sample_every`` steps; FID every ``eval_every`` epochs and at the end;
-        a checkpoint every ``checkpoint_every`` steps, with every FID and at the end; a log line every
-        ``log_every`` steps and with every checkpoint."""
+        a checkpoint every ``checkpoint_every`` steps, with every FID, at the end, and on a log step when
+        ``timer`` says its minutes are up; a log line every ``log_every`` steps and with every checkpoint.
+
+        ``timer`` is asked only on log steps that have no checkpoint already: steps every rank knows from the
+        position, so a timer that agrees across the ranks (a collective) is called by all of them together."""
         finished = self.finished(pos)
         evaluate = self.eval_enabled and (
             finished or (epoch_end and self.eval_every > 0 and pos.epoch % self.eval_every == 0))
-        checkpoint = finished or evaluate or pos.step % self.checkpoint_every == 0
+        checkpoint = finished or evaluate or (self.checkpoint_every > 0 and pos.step % self.checkpoint_every == 0)
+        log_step = pos.step % self.log_every == 0
+        if log_step and not checkpoint and timer is not None and timer.enabled:
+            checkpoint = timer.up()
         return Due(finished=finished, samples=finished or pos.step % self.sample_every == 0, eval=evaluate,
-                   checkpoint=checkpoint, log=checkpoint or pos.step % self.log_every == 0)
+                   checkpoint=checkpoint, log=checkpoint or log_step)
+
+
+class CheckpointTimer:
+    """``checkpoint.every_minutes``: has that much wall time passed since the last checkpoint (or since training
+    started in this process)? Each rank reads its own ``clock``; ``agree`` turns this rank's answer into the run's
+    (the loop passes an all-reduce MAX: any rank's yes is everyone's, so all ranks checkpoint at the same step;
+    with one rank, the answer itself). ``restart`` after every checkpoint, whatever caused it."""
+
+    def __init__(self, every_minutes: float, clock: Callable[[], float] = time.monotonic,
+                 agree: Callable[[bool], bool] | None = None) -> None:
+        self.every_s = 60.0 * every_minutes
+        self.clock = clock
+        self.agree = agree or (lambda flag: flag)
+        self.since = clock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.every_s > 0
+
+    def up(self) -> bool:
+        return self.agree(self.clock() - self.since >= self.every_s)
+
+    def restart(self) -> None:
+        self.since = self.clock()

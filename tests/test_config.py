@@ -70,7 +70,9 @@ def test_round_trip_through_to_dict():
     ("train.bf16_discriminator", True, "train.bf16_discriminator"),   # needs precision bf16
     ("optim.lr", 0.0, "optim.lr"),
     ("model.mode", "cyclegan", "model.mode"),
-    ("checkpoint.every_steps", 0, "checkpoint.every_steps"),
+    ("checkpoint.every_steps", -1, "checkpoint.every_steps"),
+    ("checkpoint.every_minutes", -0.5, "checkpoint.every_minutes"),
+    ("checkpoint.every_minutes", "soon", "checkpoint.every_minutes"),   # wrong type
     ("loss.num_patches", "many", "loss.num_patches"),   # wrong type
     ("train.use_gpu", "yes", "train.use_gpu"),          # wrong type
     ("loss.no_such_key", 1, "loss.no_such_key"),        # unknown key

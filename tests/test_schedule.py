@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cutdist import config
-from cutdist.schedule import Position, Schedule, lr_factor, mix_seed, steps_per_epoch
+from cutdist.schedule import CheckpointTimer, Position, Schedule, lr_factor, mix_seed, steps_per_epoch
 
 
 def test_steps_per_epoch():
@@ -59,8 +59,9 @@ def schedule(tmp_path, epoch_size=8, world_size=1, **values):
     return Schedule.of(cfg, epoch_size, world_size)
 
 
-def walk(sched: Schedule, pos: Position | None = None):
-    """Every step's (position after it, what is due) until the schedule says finished."""
+def walk(sched: Schedule, pos: Position | None = None, timer: CheckpointTimer | None = None, on_step=None):
+    """Every step's (position after it, what is due) until the schedule says finished; ``on_step(due)`` after
+    each (the loop's part: the clock moves, the timer restarts with a checkpoint)."""
     pos = pos or Position()
     out = []
     while not sched.finished(pos):
@@ -71,8 +72,10 @@ def walk(sched: Schedule, pos: Position | None = None):
         for i in range(batches):
             epoch_end = i == batches - 1
             sched.advance(pos, epoch_end)
-            due = sched.due(pos, epoch_end)
+            due = sched.due(pos, epoch_end, timer)
             out.append((pos.step, pos.epoch, due))
+            if on_step is not None:
+                on_step(due)
             if due.finished:
                 return out
     return out
@@ -117,3 +120,89 @@ def test_a_position_resumed_on_another_world_size(tmp_path):
     steps = walk(two, pos)
     assert steps[0][:2] == (8, 2) and steps[-1][0] == 8 + 2 * 2 and steps[-1][2].finished
     assert two.epoch_done(Position(step=9, epoch=1, images_in_epoch=8))
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_checkpoint_by_wall_time_on_log_steps(tmp_path):
+    # 16 steps of 20 s each; a checkpoint every 1.5 minutes of training, asked on log steps (every 2 steps)
+    s = schedule(tmp_path, **{"checkpoint.every_steps": 0, "checkpoint.every_minutes": 1.5,
+                              "logging.every_steps": 2, "eval.enabled": False})
+    clock = FakeClock()
+    asked: list[int] = []
+    timer = CheckpointTimer(1.5, clock=clock, agree=lambda flag: asked.append(clock.now) or flag)
+
+    def on_step(due):
+        if due.checkpoint:
+            timer.restart()
+        clock.now += 20.0
+
+    steps = walk(s, timer=timer, on_step=on_step)
+    due = {step: d for step, _, d in steps}
+    # at step k the clock has moved 20 s x (k - 1): 90 s passed at log step 6 (100 s), and again at log step 12
+    # (120 s after the restart at step 6), then the end
+    assert [k for k, d in due.items() if d.checkpoint] == [6, 12, 16]
+    assert all(due[k].log for k in (6, 12, 16))
+    assert len(asked) == 7   # log steps 2..14; the last step checkpoints anyway
+
+    # both cadences: either triggers; the timer restarts with the step checkpoints too
+    both = schedule(tmp_path, **{"checkpoint.every_steps": 7, "checkpoint.every_minutes": 1.5,
+                                 "logging.every_steps": 2, "eval.enabled": False})
+    clock.now = 0.0
+    timer = CheckpointTimer(1.5, clock=clock)
+    due = {step: d for step, _, d in walk(both, timer=timer, on_step=on_step)}
+    assert [k for k, d in due.items() if d.checkpoint] == [6, 7, 12, 14, 16]   # time: 6, 12; steps: 7, 14
+
+    # off (0 minutes): never asked, never due by time
+    off = CheckpointTimer(0.0, clock=clock, agree=lambda flag: pytest.fail("asked while off"))
+    due = {step: d for step, _, d in walk(s, timer=off)}
+    assert [k for k, d in due.items() if d.checkpoint] == [16]
+    # one rank's yes is everyone's: the agreement decides, not this rank's clock
+    clock.now = 0.0
+    late = CheckpointTimer(1.0, clock=clock, agree=lambda flag: True)
+    assert late.up() and not CheckpointTimer(1.0, clock=clock).up()
+
+
+AGREE_SCRIPT = """
+import sys, torch.distributed as dist
+from cutdist import config
+from cutdist.schedule import CheckpointTimer, Schedule, Position
+from cutdist.train.context import WorkerContext
+rank, store = int(sys.argv[1]), sys.argv[2]
+ctx = WorkerContext()
+ctx.rank, ctx.world_size = rank, 2
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+cfg = config.from_dict({"data.root": "unused", "data.batch_size": 1, "optim.max_steps": 12,
+                        "checkpoint.every_steps": 0, "checkpoint.every_minutes": 1.0, "logging.every_steps": 2})
+sched = Schedule.of(cfg, 100, 2)
+now = [0.0]
+timer = CheckpointTimer(1.0, clock=lambda: now[0], agree=ctx.any_rank)   # as the loop builds it
+pos, taken = Position(), []
+while not sched.finished(pos):
+    sched.advance(pos, False)
+    due = sched.due(pos, False, timer)
+    if due.checkpoint:
+        taken.append(pos.step)
+        timer.restart()
+    now[0] += 20.0 if rank == 1 else 5.0   # rank 1's clock runs 4x faster than rank 0's
+print(taken)
+dist.destroy_process_group()
+"""
+
+
+def test_ranks_agree_on_the_checkpoint_by_time(tmp_path):
+    # two gloo ranks whose clocks disagree take their checkpoints at the same steps: rank 1's (60 s by step 4)
+    import subprocess
+    import sys
+    store = tmp_path / "store"
+    procs = [subprocess.Popen([sys.executable, "-c", AGREE_SCRIPT, str(r), str(store)], stdout=subprocess.PIPE,
+                              text=True) for r in (0, 1)]
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert outs[0] == outs[1] == "[4, 8, 12]"

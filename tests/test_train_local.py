@@ -125,6 +125,20 @@ def test_samples_logs_and_retention(shards, tmp_path):
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
 
 
+def test_checkpoint_by_minutes_of_training(shards, tmp_path):
+    # a step takes far longer than 1e-6 minutes: every log step (2, 4) checkpoints by time, and the end (5);
+    # the step cadence (1000) never fires
+    cfg = smoke_cfg(shards, tmp_path, **{"optim.max_steps": 5, "checkpoint.every_steps": 1000,
+                                         "checkpoint.every_minutes": 1e-6, "checkpoint.num_to_keep": 5,
+                                         "logging.every_steps": 2, "logging.sample_every_steps": 100,
+                                         "logging.tensorboard": False})
+    metrics, ctx = train(cfg, tmp_path / "run")
+    assert metrics["step"] == 5
+    assert sorted(p.name for p, _ in ctx.checkpoints) == [
+        "checkpoint_000000002", "checkpoint_000000004", "checkpoint_000000005"]
+    assert load_train_state(tmp_path / "run" / "checkpoint_000000002")["step"] == 2
+
+
 @pytest.mark.slow
 def test_fid_during_training_keeps_the_best_checkpoint(shards, tmp_path):
     # 16 steps per epoch on one worker: FID after epoch 1 (step 16) and at the end (step 20).

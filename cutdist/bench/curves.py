@@ -146,7 +146,7 @@ def build_job(config_path: Path, overrides: list[str], *, steps: int, interval: 
     values.update({
         "train.num_workers": 1, "train.seed": seed, "optim.max_steps": steps, "eval.enabled": False,
         "logging.every_steps": interval, "logging.sample_every_steps": NEVER, "logging.tensorboard": False,
-        "checkpoint.every_steps": NEVER, "checkpoint.num_to_keep": 1,
+        "checkpoint.every_steps": NEVER, "checkpoint.every_minutes": 0, "checkpoint.num_to_keep": 1,
     })
     values.update(switches)
     try:

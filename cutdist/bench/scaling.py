@@ -127,7 +127,7 @@ def build_job(config_path: Path, overrides: list[str], *, batch: int, rule: str,
         "train.num_workers": 1, "train.seed": seed, "data.batch_size": batch,
         "optim.lr_scaling": "none" if rule == ANY_RULE else rule, "optim.max_steps": 0,
         "eval.every": 0, "logging.sample_every_steps": NEVER, "logging.tensorboard": False,
-        "checkpoint.every_steps": NEVER, "checkpoint.num_to_keep": 1,
+        "checkpoint.every_steps": NEVER, "checkpoint.every_minutes": 0, "checkpoint.num_to_keep": 1,
     })
     try:
         cfg = config.load(config_path, values)
@@ -264,6 +264,7 @@ def _job_record(cfg: Any) -> dict[str, Any]:
     walk("", cfg.to_dict())
     ignored = set(OWNED_KEYS) | {"name", "storage_path", "eval.every", "logging.sample_every_steps",
                                  "logging.tensorboard", "logging.every_steps", "checkpoint.every_steps",
+                                 "checkpoint.every_minutes",
                                  "checkpoint.num_to_keep", "data.loader_workers"}
     return {k: v for k, v in flat.items() if k not in ignored}
 

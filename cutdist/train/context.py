@@ -36,6 +36,15 @@ class WorkerContext:
         """Publish metrics (all ranks call it; rank 0's metrics count) and, on rank 0, a checkpoint dir."""
         raise NotImplementedError
 
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank when it is on any (all-reduce MAX of one integer; one rank: its own, no collective).
+        A decision all ranks must take at the same step from per-rank inputs (a clock) goes through here."""
+        if self.world_size == 1:
+            return flag
+        t = torch.tensor([int(flag)], dtype=torch.int32, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
     def barrier(self) -> None:
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.barrier()

@@ -3,8 +3,9 @@
 ``train_loop_per_worker(loop_config)`` is what Ray Train runs on every worker; ``run_training(ctx, ...)`` is
 the loop itself, which also runs in one plain process (``LocalContext``, world size 1) with the same code.
 What is due after each step (samples, log line, FID, checkpoint) is decided by ``cutdist.schedule.Schedule.due``
-from the position alone, so all ranks take the same decisions; checkpoints are written and read by
-``cutdist.train.checkpoint``; FID by ``cutdist.eval.during_training.FidEvaluator``.
+from the position alone, so all ranks take the same decisions (the checkpoint by wall time,
+``checkpoint.every_minutes``: each rank's clock, agreed on log steps through ``WorkerContext.any_rank``);
+checkpoints are written and read by ``cutdist.train.checkpoint``; FID by ``cutdist.eval.during_training.FidEvaluator``.
 
 Randomness: nets are initialised from ``train.seed`` on every rank (identical weights); the data stream draws
 from (seed, epoch[, rank, step]) in ``unpaired_loader``; patch ids and the flip coin come from generators seeded
@@ -33,7 +34,7 @@ import torch.distributed as dist
 
 from cutdist import config as config_mod
 from cutdist.config import JobConfig
-from cutdist.schedule import FLIP_SEEDS, PATCH_SEEDS, Position, Schedule, mix_seed
+from cutdist.schedule import FLIP_SEEDS, PATCH_SEEDS, CheckpointTimer, Position, Schedule, mix_seed
 from cutdist.train import checkpoint
 from cutdist.train import sincut as sincut_mode
 from cutdist.train.checkpoint import Restored
@@ -84,6 +85,7 @@ def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from
         say(f"[cutdist.train] nothing to do: the run is already at step {pos.step} (epoch {pos.epoch}), its end")
     meter = LossMeter(started_at)
     last_metrics: dict[str, Any] = {"step": pos.step, "epoch": float(pos.epoch)}
+    timer = CheckpointTimer(cfg.checkpoint.every_minutes, agree=ctx.any_rank)
 
     while not sched.finished(pos):
         lr = sched.lr(pos.epoch)
@@ -94,7 +96,7 @@ def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from
             sched.advance(pos, epoch_end)
             if meter.first_step(rank0):
                 say(f"[cutdist.train] first training step done {meter.first_step_s:.1f} s after the driver started")
-            due = sched.due(pos, epoch_end)
+            due = sched.due(pos, epoch_end, timer)
             if due.samples and logger is not None:
                 _write_samples(logger, strategy.plain, cfg, sample_inputs or (real_a, real_b), pos.step, ctx.device)
             if due.log:
@@ -111,6 +113,8 @@ def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from
                 metrics[checkpoint.SCORE_KEY] = metrics["fid"] if "fid" in metrics else math.inf
                 _publish(ctx, strategy, cfg, pos, metrics, best_fid, due.checkpoint, logger)
                 last_metrics = metrics
+                if due.checkpoint:
+                    timer.restart()
             if due.finished:
                 break
     if logger is not None:
