@@ -134,7 +134,8 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     seed: int = 0
-    num_workers: int = 1              # Ray Train workers (ranks)
+    num_workers: int | list[int] = 1  # Ray Train workers (ranks); [min, max]: elastic (Ray resizes the group)
+    elastic_resize_s: float = 60.0    # elastic: how often Ray looks for room to grow the worker group
     use_gpu: bool = False
     resources_per_worker: dict[str, float] = field(default_factory=dict)
     strategy: str = "ddp"             # ddp | deepspeed
@@ -427,6 +428,13 @@ def resolve(cfg: JobConfig) -> JobConfig:
 
 # -------------------------------------------------------------------------------------------- validation
 
+def worker_range(t: TrainConfig) -> tuple[int, int]:
+    """``train.num_workers`` as (min, max): equal for a fixed size, the elastic range for ``[min, max]``."""
+    if isinstance(t.num_workers, list):
+        return int(t.num_workers[0]), int(t.num_workers[1])
+    return int(t.num_workers), int(t.num_workers)
+
+
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {message}")
@@ -512,7 +520,12 @@ def validate(cfg: JobConfig) -> JobConfig:
     _check(d.synth_size >= 16 and d.synth_size % 4 == 0, "data.synth_size",
            f"must be a multiple of 4, >= 16, got {d.synth_size}")
 
-    _check(t.num_workers >= 1, "train.num_workers", f"must be >= 1, got {t.num_workers}")
+    if isinstance(t.num_workers, list):
+        _check(len(t.num_workers) == 2 and 1 <= t.num_workers[0] <= t.num_workers[1], "train.num_workers",
+               f"must be a number >= 1 or [min, max] with 1 <= min <= max, got {t.num_workers}")
+    else:
+        _check(t.num_workers >= 1, "train.num_workers", f"must be >= 1, got {t.num_workers}")
+    _check(t.elastic_resize_s > 0, "train.elastic_resize_s", f"must be > 0, got {t.elastic_resize_s}")
     _check(0 <= t.seed < 2**32, "train.seed", f"must be in [0, 2**32), got {t.seed}")
     _one_of(cfg, "train.strategy", ["ddp", "deepspeed"])
     _one_of(cfg, "train.precision", ["fp32", "bf16"])

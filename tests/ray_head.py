@@ -99,3 +99,63 @@ def ray_head(prefix: str, *, num_cpus: int = 2, worker_ports: tuple[int, int] = 
         except ProcessLookupError:
             pass
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@dataclass
+class WorkerNode:
+    proc: subprocess.Popen
+    log: Path
+    temp_dir: str
+
+    def kill(self) -> None:
+        """The node is lost: every process of it SIGKILLed at once (raylet, workers, agents)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def ray_worker_node(head_address: str, *, num_cpus: int = 1, worker_ports: tuple[int, int] = (20000, 60000)
+                    ) -> Iterator[WorkerNode]:
+    """One more Ray node on this machine (`ray start --address --block`, its own ports), joined to the head at
+    ``head_address``; ``kill()`` loses it the way a machine goes down. Stopped by its pid at the end."""
+    temp_dir = tempfile.mkdtemp(prefix="cdn", dir="/tmp")
+    components = free_ports(7)
+    node_mgr, obj_mgr, agent_listen, agent_grpc, runtime_env, metrics, _ = components
+    worker_min = worker_port_block(worker_ports, avoid=components)
+    log = Path(temp_dir) / "ray_start.log"
+    cmd = [RAY, "start", f"--address={head_address}", "--block", "--node-ip-address=127.0.0.1",
+           f"--node-manager-port={node_mgr}", f"--object-manager-port={obj_mgr}",
+           f"--min-worker-port={worker_min}", f"--max-worker-port={worker_min + 199}",
+           f"--dashboard-agent-listen-port={agent_listen}", f"--dashboard-agent-grpc-port={agent_grpc}",
+           f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}",
+           f"--num-cpus={num_cpus}", "--num-gpus=0", "--disable-usage-stats"]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    with log.open("w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    node = WorkerNode(proc, log, temp_dir)
+    try:
+        deadline = time.time() + 120
+        while "Ray runtime started" not in log.read_text():
+            if proc.poll() is not None:
+                pytest.fail(f"ray start --address exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            if time.time() > deadline:
+                pytest.fail(f"the Ray node did not come up in 120 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield node
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=15)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -7,8 +7,9 @@ a local shard costs one read per member and a remote one a few range requests. S
 way WebDataset groups them (``webdataset.tariterators.base_plus_ext``), and the image field is the one WebDataset
 streaming would pick (``transforms.image_field``).
 
-``MemberReader`` then fetches one member's bytes: ``os.pread`` on a kept-open local file, an HTTP range request
-(or any fsspec filesystem's ranged ``cat_file``, s3:// included once s3fs is installed) for a URL. So the
+``MemberReader`` then fetches one member's bytes: ``os.pread`` on a kept-open local file, a ranged read of a
+kept-open object for ``s3://`` / ``gs://`` (pyarrow's file systems, configured as Ray Train's: see
+``cutdist.storage``), an HTTP range request (or any other fsspec filesystem's ranged ``cat_file``) for a URL. So the
 format stays WebDataset's (any tar written by ``webdataset.TarWriter`` or ``shards write`` works, nothing is
 added to the manifest), and the unpaired stream can read the exact sample the paper's sampler asks for.
 
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 
 from webdataset.tariterators import base_plus_ext
 
+from cutdist import storage
 from cutdist.data.manifest import DataError, describe_error, is_url, local_path
 from cutdist.data.members import MemberError, check_member
 from cutdist.data.transforms import image_field
@@ -74,6 +76,8 @@ def _open_for_scan(url: str):
     _check_random_access(url)
     if not is_url(url):
         return open(local_path(url), "rb")
+    if storage.is_object_store(url):
+        return storage.open_random_access(url)
     import fsspec
 
     try:
@@ -160,12 +164,13 @@ class MemberReader:
 
     def __init__(self) -> None:
         self.files: OrderedDict[str, int] = OrderedDict()
+        self.objects: OrderedDict[str, object] = OrderedDict()   # object storage: open pyarrow input files
         self.filesystems: dict[str, object] = {}
         self.pid = os.getpid()
 
     def read(self, url: str, offset: int, size: int) -> bytes:
         if self.pid != os.getpid():   # forked into a loader worker: descriptors and sessions are the parent's
-            self.files, self.filesystems, self.pid = OrderedDict(), {}, os.getpid()
+            self.files, self.objects, self.filesystems, self.pid = OrderedDict(), OrderedDict(), {}, os.getpid()
         data = self._read_local(url, offset, size) if not is_url(url) else self._read_remote(url, offset, size)
         if is_url(url) and len(data) > size:
             raise DataError(f"{url}: the server answered a range request with {len(data)} bytes for {size}: it "
@@ -188,6 +193,15 @@ class MemberReader:
 
     def _read_remote(self, url: str, offset: int, size: int) -> bytes:
         _check_random_access(url)
+        if storage.is_object_store(url):
+            handle = self.objects.get(url)
+            if handle is None:
+                handle = self.objects[url] = storage.open_random_access(url)
+                if len(self.objects) > OPEN_FILES:
+                    self.objects.popitem(last=False)[1].close()
+            else:
+                self.objects.move_to_end(url)
+            return handle.read_at(size, offset)
         from fsspec.core import url_to_fs
 
         protocol = url.split("://", 1)[0]
@@ -201,3 +215,6 @@ class MemberReader:
         for fd in self.files.values():
             os.close(fd)
         self.files.clear()
+        for handle in self.objects.values():
+            handle.close()
+        self.objects.clear()

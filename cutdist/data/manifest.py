@@ -93,11 +93,16 @@ def join(root: str, name: str) -> str:
 
 
 def open_location(location: str):
-    """A readable binary stream for a local path or any URL webdataset's ``gopen`` handles (http via curl...)."""
+    """A readable binary stream for a local path, an object-storage URI (``s3://``, ``gs://``: pyarrow's file
+    systems, see ``cutdist.storage``) or any other URL webdataset's ``gopen`` handles (http via curl...)."""
     import webdataset as wds
+
+    from cutdist import storage
 
     if not is_url(location):
         return open(local_path(location), "rb")
+    if storage.is_object_store(location):
+        return storage.open_input(location)
     return wds.gopen(location, "rb")
 
 

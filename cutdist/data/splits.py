@@ -15,7 +15,9 @@ from pathlib import Path
 
 import braceexpand
 
+from cutdist import storage
 from cutdist.data.manifest import DataError, describe_error, is_url, join, local_path, read_manifest
+from cutdist.redact import redact_uri
 
 # config key -> manifest split
 PATTERN_KEYS = {"train_a": "trainA", "train_b": "trainB", "test_a": "testA", "test_b": "testB"}
@@ -138,6 +140,13 @@ def resolve_splits(data_cfg) -> Splits:
                    if not counts[split] and not getattr(data_cfg, key)]
         if missing:
             raise DataError(f"data.root: manifest {manifest} has no {' or '.join(missing)} split")
+        if storage.is_object_store(root):   # one listing instead of a request per shard
+            present = set(storage.list_names(root, recursive=True))
+            for split, shards in by_split.items():
+                absent = [s for s in shards if s[len(root.rstrip("/")) + 1:] not in present]
+                if absent:
+                    raise DataError(f"data.root: shard {redact_uri(absent[0])} of split {split} is listed in the "
+                                    "manifest but missing")
         if not is_url(root):
             for split, shards in by_split.items():
                 absent = [s for s in shards if not Path(s).is_file()]

@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys
 
 from cutdist.data.indexed import MemberReader, SplitIndex, split_index
-from cutdist.data.manifest import CorruptSampleWarning, DataError, describe_error
+from cutdist.data.manifest import CorruptSampleWarning, DataError, describe_error, open_location
 from cutdist.data.members import MemberError, tar_members
 from cutdist.data.splits import Splits
 from cutdist.data.transforms import TrainAugment, decode_rgb, image_field, resize_square, stack
@@ -119,7 +119,7 @@ def _shard_samples(shards, skips: SkipCounter) -> Iterator[dict]:
     for shard in shards:
         url, last, failure = shard["url"], None, None
         try:
-            stream = wds.gopen(url, "rb")
+            stream = open_location(url)
         except Exception as err:   # no such file, bad URL scheme, ...
             skips.bad_shard(url, "the whole shard", _describe(err))
             continue

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 STARTED_AT = time.time()
 
 from cutdist import config as config_mod  # noqa: E402
+from cutdist import storage  # noqa: E402
 from cutdist.config import ConfigError  # noqa: E402
 
 DEMO_JOB = "demo.yaml"
@@ -50,9 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     is_demo = args.config is None
     job_path = Path(args.config) if args.config else default_job()
     try:
+        if args.config and storage.is_object_store(args.config):   # e.g. a sweep's best_config.yaml in a bucket
+            job_path = storage.download(args.config, Path(tempfile.mkdtemp(prefix="cutdist_job_")) / "job.yaml")
         cfg = config_mod.load(job_path, args.overrides)
-    except ConfigError as err:
+    except (ConfigError, storage.StorageError) as err:
         return fail(str(err))
+    except OSError as err:
+        return fail(f"--config: {args.config}: {storage.reason(err)}")
     from cutdist.train import launcher
     from cutdist.train.preflight import PreflightError, preflight
 
@@ -67,11 +73,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    ray.init(log_to_driver=True)
+    if not ray.is_initialized():   # a program that calls main() may have connected already
+        ray.init(log_to_driver=True)
     warn_if_short_of_resources(cfg, ray.cluster_resources())
+    low, high = config_mod.worker_range(cfg.train)
+    workers = f"{low}" if low == high else f"{low}-{high} (elastic)"
     print(f"[cutdist.train] job {job_path} -> run {launcher.run_dir(cfg)} "
-          f"({cfg.train.num_workers} {'GPU' if cfg.train.use_gpu else 'CPU'} workers, {cfg.train.strategy})",
-          flush=True)
+          f"({workers} {'GPU' if cfg.train.use_gpu else 'CPU'} workers, {cfg.train.strategy})", flush=True)
     trainer = launcher.build_trainer(cfg, splits, resume_from=resume_from, started_at=STARTED_AT)
     try:
         result = trainer.fit()
@@ -97,11 +105,11 @@ def failure_summary(err: BaseException) -> str:
 def warn_if_short_of_resources(cfg: config_mod.JobConfig, available: dict) -> None:
     from cutdist.train.launcher import worker_resources
 
-    t = cfg.train
+    low, _ = config_mod.worker_range(cfg.train)
     for key, amount in worker_resources(cfg).items():
-        need = amount * t.num_workers
+        need = amount * low
         if need > available.get(key, 0.0):
-            print(f"[cutdist.train] warning: train.num_workers={t.num_workers} x {amount:g} {key} needs {need:g} "
+            print(f"[cutdist.train] warning: train.num_workers={low} x {amount:g} {key} needs {need:g} "
                   f"{key} but the cluster has {available.get(key, 0.0):g} now; the run waits for an autoscaler",
                   file=sys.stderr, flush=True)
 
@@ -119,20 +127,23 @@ def print_summary(cfg, result, launcher, *, before, splits, is_demo: bool) -> No
 
     latest = result.checkpoint.path if result.checkpoint else None
     best, best_metrics = best_checkpoint(result)
-    logs = Path(launcher.logs_dir(cfg))
+    logs = launcher.logs_mirror(cfg) or launcher.logs_dir(cfg)
     metrics = result.metrics or {}
+    remote = launcher.logs_mirror(cfg) is not None
     print("\n[cutdist.train] done")
     print(f"  run directory      {launcher.run_dir(cfg)}")
-    print(f"  latest checkpoint  {latest}")
+    print(f"  latest checkpoint  {launcher.display_uri(cfg, latest)}")
     if best:
-        print(f"  best-FID checkpoint {best} (FID {best_metrics['fid']:.4f}, {best_metrics.get('fid_backbone')})")
-    print(f"  sample grid        {logs / 'samples' / 'latest.png'}")
+        print(f"  best-FID checkpoint {launcher.display_uri(cfg, best)} (FID {best_metrics['fid']:.4f}, "
+              f"{best_metrics.get('fid_backbone')})")
+    print(f"  sample grid        {logs}/samples/latest.png")
     if cfg.model.mode == "sincut" and cfg.eval.enabled:
-        print(f"  translated image   {logs / 'samples' / 'translated_latest.png'}")
-    print(f"  metrics            {logs / 'metrics.jsonl'}")
+        print(f"  translated image   {logs}/samples/translated_latest.png")
+    print(f"  metrics            {logs}/metrics.jsonl")
     if cfg.logging.tensorboard:
-        print(f"  TensorBoard        tensorboard --logdir {logs / 'tensorboard'}")
-    if before is not None and latest:
+        print(f"  TensorBoard        tensorboard --logdir {logs}/tensorboard"
+              + ("   (or a local copy of it)" if remote else ""))
+    if before is not None and latest and not remote:
         after = paired_quality_of_checkpoint(latest, splits)
         print("  paired quality vs testGT (lowfreq_l1: lower is better; stripe_energy_ratio: 1 = as striped as GT)")
         for label, q in (("input A (no-op)", before["identity"]), ("G at init", before["g"]), ("trained G", after)):
@@ -152,7 +163,10 @@ def write_run_summary(cfg, result, launcher, latest: str | None) -> None:
     where = run_dir if not launcher.is_remote(run_dir) else launcher.logs_dir(cfg)
     try:
         path = write_summary(summary, where)
-    except OSError as err:
+        if storage.is_object_store(run_dir):   # beside the checkpoints, like the logs rank 0 copied there
+            storage.upload(path, storage.join(run_dir, Path(path).name))
+            path = storage.join(run_dir, Path(path).name)
+    except (OSError, storage.StorageError) as err:
         path = f"not written ({err})"
     print("[cutdist.train] summary")
     for line in summary_lines(summary):

@@ -166,6 +166,41 @@ def read_metrics(ckpt_dir: str | Path) -> dict[str, Any]:
     return metrics if isinstance(metrics, dict) else {}
 
 
+def checkpoint_step(name: str) -> int | None:
+    match = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", name)
+    return int(match.group(1)) if match else None
+
+
+def newest_complete_checkpoint(fs, run_path: str, *, known: str | None = None):
+    """``(filesystem, path)`` of the newest checkpoint under a run directory on any pyarrow file system that
+    is complete (both ``.pt`` files there and loadable); ``known`` (a checkpoint path Ray restored) counts as
+    complete. None when there is none. A checkpoint cut short by a lost node is passed over."""
+    import pyarrow.fs as pafs
+
+    selector = pafs.FileSelector(run_path, allow_not_found=True, recursive=False)
+    found = []
+    for info in fs.get_file_info(selector):
+        step = checkpoint_step(info.base_name) if info.type == pafs.FileType.Directory else None
+        if step is not None:
+            found.append((step, info.path))
+    known_step = checkpoint_step(Path(known).name) if known else None
+    for step, path in sorted(found, reverse=True):
+        if known_step is not None and step <= known_step:
+            break
+        with tempfile.TemporaryDirectory(prefix="cutdist_probe_") as tmp:
+            try:
+                for name in (MODEL_FILE, TRAIN_STATE_FILE):
+                    with fs.open_input_stream(f"{path}/{name}") as src, open(Path(tmp) / name, "wb") as out:
+                        while chunk := src.read(1 << 22):
+                            out.write(chunk)
+                load_train_state(Path(tmp))
+                torch.load(Path(tmp) / MODEL_FILE, map_location="cpu", weights_only=True)
+            except (OSError, CheckpointError, RuntimeError, EOFError, ValueError):
+                continue
+        return fs, path
+    return (fs, known) if known else None
+
+
 def check_compatible(saved: dict[str, Any], cfg: JobConfig, where: Path) -> None:
     """Refuse to resume a checkpoint whose architecture differs from the job's, naming the first key."""
     keys = ARCHITECTURE_KEYS

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from cutdist.train import checkpoint
+from cutdist.train.logger import say
 
 
 class WorkerContext:
@@ -32,8 +33,11 @@ class WorkerContext:
         """The checkpoint the runtime restored after a failure (None on a fresh start)."""
         raise NotImplementedError
 
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, step: int) -> None:
-        """Publish metrics (all ranks call it; rank 0's metrics count) and, on rank 0, a checkpoint dir."""
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, step: int, *,
+               checkpointed: bool = False) -> bool:
+        """Publish metrics (all ranks call it; rank 0's metrics count) and, on rank 0, a checkpoint dir;
+        ``checkpointed``: this report carries a checkpoint (the same on every rank).
+        True: the runtime took the directory over (deletes it once uploaded); False: the caller deletes it."""
         raise NotImplementedError
 
     def any_rank(self, flag: bool) -> bool:
@@ -66,20 +70,70 @@ class RayContext(WorkerContext):
         self._restored = ray.train.get_checkpoint()
 
     def resume_checkpoint(self) -> Path | None:
-        if self._restored is None:
-            return None
-        # Local storage: the path itself. Remote storage: Ray downloads it to a local temporary directory,
-        # which we keep for the life of the worker (the loop reads it once, right away).
-        if self._restored.filesystem is not None and type(self._restored.filesystem).__name__ == "LocalFileSystem":
-            return Path(self._restored.path)
-        return Path(self._restored.to_directory())
+        """The newest complete checkpoint of this run: Ray's restored one, or a newer one in the run directory.
 
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, step: int) -> None:
+        Ray hands a restarted worker group only the checkpoints its controller registered, and a report is
+        registered only once the controller has polled it from every worker (one result per worker every
+        health check, ~2 s). When a node is lost, the reports still queued on its workers are lost with it, so
+        a checkpoint already persisted in the run directory may be unknown to Ray (seen: the restarted group
+        started afresh with ``checkpoint_000000010`` in storage). Rank 0 therefore also looks at the run
+        directory itself and takes the newest checkpoint that loads; every rank resumes from what rank 0 chose.
+        """
+        import ray.train
+
+        from cutdist.train.checkpoint import newest_complete_checkpoint
+
+        chosen = None
+        if self.rank == 0:
+            storage = ray.train.get_context().get_storage()
+            known = self._restored.path if self._restored is not None else None
+            chosen = newest_complete_checkpoint(storage.storage_filesystem, storage.experiment_fs_path, known=known)
+            if chosen is not None and chosen[1] != known:
+                say(f"[cutdist.train] Ray restored {Path(known).name if known else 'no checkpoint'}; the run "
+                    f"directory holds the newer complete {Path(chosen[1]).name}: resuming from that")
+        if self.world_size > 1:
+            box = [chosen]
+            dist.broadcast_object_list(box, src=0)
+            chosen = box[0]
+        if chosen is None:
+            return None
+        fs, path = chosen
+        checkpoint = ray.train.Checkpoint(path, filesystem=fs)
+        # Local storage: the path itself. Remote storage: downloaded to a local temporary directory, kept for
+        # the life of the worker (the loop reads it once, right away).
+        if type(fs).__name__ == "LocalFileSystem":
+            return Path(path)
+        return Path(checkpoint.to_directory())
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, step: int, *,
+               checkpointed: bool = False) -> bool:
+        """Only reports with a checkpoint (every checkpoint, FID evaluation and the end) go to Ray: rank 0's
+        logger already has every interval's metrics, and each ``ray.train.report`` waits for the previous
+        one to be taken by the controller (one per ~2 s health check) and for the previous checkpoint's
+        upload, so reporting every interval would hold training up for nothing."""
+        if not checkpointed:
+            return False
         import ray.train
 
         ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         # Only rank 0 holds a checkpoint (the state is consolidated); Ray uses rank 0's directory name.
-        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=checkpoint.checkpoint_dir_name(step))
+        # ASYNC: Ray uploads the directory in a background thread and deletes it afterwards, so training goes
+        # on while a slow store receives it (an upload that fails is raised into the training loop by Ray).
+        upload = upload_mode_kwargs(ckpt is not None)
+        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=checkpoint.checkpoint_dir_name(step),
+                         **upload)
+        return bool(upload)
+
+
+def upload_mode_kwargs(with_checkpoint: bool) -> dict[str, Any]:
+    """``ray.train.report`` arguments for an asynchronous checkpoint upload where this Ray offers it ({} else)."""
+    try:
+        from ray.train import CheckpointUploadMode
+    except ImportError:   # a Ray without it uploads synchronously
+        return {}
+    if not with_checkpoint:
+        return {}
+    return {"checkpoint_upload_mode": CheckpointUploadMode.ASYNC, "delete_local_checkpoint_after_upload": True}
 
 
 def _quiet_ray_report_log() -> None:
@@ -110,13 +164,15 @@ class LocalContext(WorkerContext):
     def resume_checkpoint(self) -> Path | None:
         return self.restored
 
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, step: int) -> None:
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, step: int, *,
+               checkpointed: bool = False) -> bool:
         self.reports.append(dict(metrics))
         if checkpoint_dir is None:
-            return
+            return False
         dest = checkpoint.persist(checkpoint_dir, self.run_dir, step)
         kept = [(p, s) for p, s in self.checkpoints if p != dest] + [(dest, checkpoint.score(metrics))]
         self.checkpoints = checkpoint.retain(kept, self.num_to_keep)
+        return False
 
 
 def init_single_process_group(backend: str = "gloo") -> None:

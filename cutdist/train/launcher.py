@@ -9,9 +9,10 @@ checkpoints ranked by ``ckpt_fid`` (the FID measured with that checkpoint, +inf 
 latest. So with FID on, the best-FID checkpoint stays beside the latest; with FID off (all +inf, ties broken by
 age) it keeps the newest ones. Before any of this the drivers run ``cutdist.train.preflight.preflight``.
 
-Run directory: ``<storage_path>/<name>/`` holds Ray's ``checkpoint_<step>/`` directories and, for a local
-storage path, the logs (``metrics.jsonl``, ``tensorboard/``, ``samples/``). For object storage the logs stay on
-rank 0's node under ``<tmp>/cutdist_logs/<name>/``. Re-running a job with the same name and storage path
+Run directory: ``<storage_path>/<name>/`` holds Ray's ``checkpoint_<step>/`` directories and the logs
+(``metrics.jsonl``, ``tensorboard/``, ``samples/``). For object storage (``s3://``, ``gs://``) rank 0 writes the
+logs under ``<tmp>/cutdist_logs/<name>/`` and a background thread copies them into the run directory
+(``cutdist.train.logger.LogMirror``). Re-running a job with the same name and storage path
 continues that run (Ray restores its checkpoint list); ``checkpoint.resume_from`` starts a new run from a
 given checkpoint or run directory (resolved by ``cutdist.train.checkpoint.resolve_resume``).
 """
@@ -47,17 +48,73 @@ def storage_path(cfg: JobConfig) -> str:
     return str(Path(cfg.storage_path).expanduser().resolve())
 
 
+def display_uri(cfg: JobConfig, path: str | None) -> str | None:
+    """A checkpoint path as Ray returns it (bucket/prefix/... for object storage) as a full URI."""
+    from urllib.parse import urlparse
+
+    from cutdist.storage import is_object_store
+
+    if not path or not is_object_store(cfg.storage_path) or "://" in path:
+        return path
+    return f"{urlparse(cfg.storage_path).scheme}://{path}"
+
+
 def logs_dir(cfg: JobConfig) -> str:
+    """Where rank 0 writes the logs: the run directory, or for remote storage a local directory of this run
+    alone (the name plus a digest of the run's URI: two runs of one name elsewhere never share it)."""
     if is_remote(cfg.storage_path):
-        return str(Path(tempfile.gettempdir()) / "cutdist_logs" / cfg.name)
+        import hashlib
+
+        digest = hashlib.sha1(run_dir(cfg).encode()).hexdigest()[:12]
+        return str(Path(tempfile.gettempdir()) / "cutdist_logs" / f"{cfg.name}-{digest}")
     return run_dir(cfg)
+
+
+def logs_mirror(cfg: JobConfig) -> str | None:
+    """Where rank 0's local logs are copied: the run directory when it is on object storage."""
+    from cutdist.storage import is_object_store
+
+    return run_dir(cfg) if is_object_store(cfg.storage_path) else None
 
 
 def loop_config(cfg: JobConfig, splits: Any, *, resume_from: str = "", started_at: float | None = None) -> dict:
     """What every worker receives (all picklable)."""
     return {"config": absolutize_paths(copy.deepcopy(cfg)).to_dict(), "splits": absolute_splits(splits),
-            "resume_from": resume_from, "logs_dir": logs_dir(cfg),
+            "resume_from": resume_from, "logs_dir": logs_dir(cfg), "logs_mirror": logs_mirror(cfg),
             "started_at": time.time() if started_at is None else started_at}
+
+
+def scaling_config(cfg: JobConfig):
+    """Ray Train's ScalingConfig for ``train.*``: ``num_workers: [min, max]`` becomes Ray's elastic
+    ``num_workers=(min, max)`` (the group is restarted smaller when a node goes, larger when room comes back,
+    looked for every ``train.elastic_resize_s``); the loop's schedule follows the live world size."""
+    from ray.train import ScalingConfig
+
+    from cutdist.config import worker_range
+
+    t = cfg.train
+    low, high = worker_range(t)
+    resources = dict(t.resources_per_worker) or None
+    if low == high:
+        return ScalingConfig(num_workers=low, use_gpu=t.use_gpu, resources_per_worker=resources)
+    return ScalingConfig(num_workers=(low, high), use_gpu=t.use_gpu, resources_per_worker=resources,
+                         elastic_resize_monitor_interval_s=t.elastic_resize_s)
+
+
+def ephemeral_storage_problem(cfg: JobConfig, given: str, cwd: Path | None = None) -> str | None:
+    """A relative ``storage_path`` (as given, before it was made absolute) inside a ``ray job submit
+    --working-dir`` job resolves into Ray's temporary package directory, which the cluster deletes with its
+    session: refused, with the reason."""
+    from cutdist.storage import is_object_store
+
+    cwd = Path.cwd() if cwd is None else cwd
+    if is_object_store(given) or Path(given).expanduser().is_absolute():
+        return None
+    if "runtime_resources" in cwd.parts and any(part.startswith("_ray_pkg_") for part in cwd.parts):
+        return (f"storage_path: {given!r} is relative, and this job runs in Ray's temporary copy of its working "
+                f"directory ({cwd}), deleted with the cluster's session; give an absolute path every node "
+                "reaches, or s3://bucket/prefix")
+    return None
 
 
 def worker_resources(cfg: JobConfig) -> dict[str, float]:
@@ -76,7 +133,7 @@ def build_trainer(cfg: JobConfig, splits: Any, *, resume_from: str = "", started
                   train_log_level: str = "WARNING"):
     """One TorchTrainer for the job. ``name``/``storage`` override the run's location (Tune gives each trial its
     own); ``callbacks`` are Ray Train ``UserCallback``s (e.g. Tune's ``TuneReportCallback``)."""
-    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from cutdist.train.loop import train_loop_per_worker
@@ -86,8 +143,7 @@ def build_trainer(cfg: JobConfig, splits: Any, *, resume_from: str = "", started
         cfg.name = name or cfg.name
         cfg.storage_path = storage or cfg.storage_path
     t = cfg.train
-    resources = dict(t.resources_per_worker) or None
-    scaling = ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources)
+    scaling = scaling_config(cfg)
     run = RunConfig(
         name=cfg.name,
         storage_path=storage_path(cfg),

@@ -14,9 +14,10 @@ one would, with no generator state to carry (the process-global RNG states are s
 anything outside).
 
 Reports: every log step, losses averaged over the interval and the ranks, lr, images/s, ETA, corrupt samples
-skipped (rank 0 prints/writes them and every rank calls ``report``); a checkpoint goes with every checkpoint
+skipped (rank 0 prints/writes them and every rank calls ``report``, which reaches Ray only with a
+checkpoint: see ``RayContext.report``); a checkpoint goes with every checkpoint
 step, every evaluation and the end (rank 0 writes it; the optimizer state is consolidated first, a collective
-under DeepSpeed), carrying ``ckpt_fid`` (the FID measured with it, else +inf) so the best-FID one is kept.
+under DeepSpeed; Ray uploads it in the background), carrying ``ckpt_fid`` (the FID measured with it, else +inf) so the best-FID one is kept.
 """
 from __future__ import annotations
 
@@ -47,12 +48,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's entry on every worker. ``loop_config``: see ``cutdist.train.launcher.loop_config``."""
     cfg = config_mod.from_dict(loop_config["config"])
     run_training(RayContext(), cfg, loop_config["splits"], resume_from=loop_config.get("resume_from") or None,
-                 logs_dir=Path(loop_config["logs_dir"]), started_at=loop_config.get("started_at"))
+                 logs_dir=Path(loop_config["logs_dir"]), started_at=loop_config.get("started_at"),
+                 logs_mirror=loop_config.get("logs_mirror"))
 
 
 def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from: str | Path | None = None,
-                 logs_dir: Path, started_at: float | None = None) -> dict[str, Any]:
-    """Train on this worker; returns the last metrics reported (the same on every rank except logs)."""
+                 logs_dir: Path, started_at: float | None = None, logs_mirror: str | None = None) -> dict[str, Any]:
+    """Train on this worker; returns the last metrics reported (the same on every rank except logs).
+    ``logs_mirror``: a run directory on object storage that rank 0's logs are copied to."""
     from cutdist.eval.during_training import FidEvaluator
     from cutdist.train.summary import BestSoFar
 
@@ -70,7 +73,8 @@ def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from
         origin = f"resumed from {ckpt_dir} at step {pos.step} (epoch {pos.epoch})" if restored else "fresh start"
         say(f"[cutdist.train] {cfg.train.strategy} x{ctx.world_size} on {ctx.device}: {sched.steps_per_epoch} "
             f"steps/epoch, {sched.total_steps} steps in all; {origin}")
-    logger = RunLogger(logs_dir, tensorboard=cfg.logging.tensorboard, total_steps=sched.total_steps) if rank0 else None
+    logger = RunLogger(logs_dir, tensorboard=cfg.logging.tensorboard, total_steps=sched.total_steps,
+                       mirror=logs_mirror, resume_step=pos.step) if rank0 else None
     if sincut:
         evaluator = (sincut_mode.WholeImageEvaluator(cfg, images, ctx, logs_dir, logger) if cfg.eval.enabled
                      else None)
@@ -86,6 +90,7 @@ def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from
     meter = LossMeter(started_at)
     last_metrics: dict[str, Any] = {"step": pos.step, "epoch": float(pos.epoch)}
     timer = CheckpointTimer(cfg.checkpoint.every_minutes, agree=ctx.any_rank)
+    resumed_from_step = pos.step   # in every metrics line: a restart shows as a new value (0: a fresh start)
 
     while not sched.finished(pos):
         lr = sched.lr(pos.epoch)
@@ -101,6 +106,7 @@ def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from
                 _write_samples(logger, strategy.plain, cfg, sample_inputs or (real_a, real_b), pos.step, ctx.device)
             if due.log:
                 metrics = _interval_metrics(meter, ctx, pos, sched, lr)
+                metrics["resumed_from_step"] = resumed_from_step
                 if due.eval and sincut:
                     metrics.update(evaluator(strategy.plain.g, pos.step))
                 elif due.eval:
@@ -278,6 +284,8 @@ def _publish(ctx: WorkerContext, strategy: Strategy, cfg: JobConfig, pos: Positi
              best_fid: float | None, with_checkpoint: bool, logger: RunLogger | None) -> None:
     if logger is not None:
         logger.log(pos.step, metrics)
+        if with_checkpoint:
+            logger.sync()   # a complete checkpoint in the bucket has its metrics lines there too
     staged = None
     if with_checkpoint:
         metrics["replica_divergence"] = replica_divergence(strategy.plain, ctx.world_size, ctx.device)
@@ -286,10 +294,11 @@ def _publish(ctx: WorkerContext, strategy: Strategy, cfg: JobConfig, pos: Positi
             staged = checkpoint.write_checkpoint(checkpoint.staging_dir(), nets=strategy.plain, cfg=cfg,
                                                  position=pos, world_size=ctx.world_size, strategy=strategy.name,
                                                  optimizers=optimizers, best_fid=best_fid, metrics=metrics)
+    handed_over = False
     try:
-        ctx.report(metrics, staged, pos.step)
+        handed_over = ctx.report(metrics, staged, pos.step, checkpointed=with_checkpoint)
     finally:
-        if staged is not None:
+        if staged is not None and not handed_over:   # ASYNC upload: Ray deletes it once uploaded
             shutil.rmtree(staged, ignore_errors=True)
 
 

@@ -74,7 +74,17 @@ def preflight(cfg: JobConfig, *, say: Callable[[str], None] = print) -> Prefligh
     from cutdist.model.io import ModelIOError
     from cutdist.train.checkpoint import CheckpointError, resolve_resume
 
+    from cutdist import storage
+    from cutdist.train.launcher import ephemeral_storage_problem
+
+    problem = ephemeral_storage_problem(cfg, cfg.storage_path)   # as given, before it is made absolute
+    if problem:
+        raise PreflightError(problem)
     absolutize_paths(cfg)
+    try:
+        storage.check_job(cfg)   # object storage: endpoint, bucket, credentials, write access, before any worker
+    except storage.StorageError as err:
+        raise PreflightError(str(err)) from None
     root = Path(cfg.data.root)
     if cfg.data.synth_if_missing and cfg.data.root and not is_remote(cfg.data.root) \
             and not (root / "manifest.parquet").is_file():

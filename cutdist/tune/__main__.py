@@ -28,7 +28,9 @@ import argparse
 import copy
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ from typing import Any
 import yaml
 
 from cutdist import config as config_mod
+from cutdist import storage
 from cutdist.config import ConfigError
 from cutdist.redact import redact_uri, redact_values, redacted_values
 
@@ -94,14 +97,16 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.resume:
-            sweep_dir = str(Path(args.resume).expanduser().absolute())
-            saved_file = Path(sweep_dir) / SWEEP_FILE
-            if not saved_file.is_file():
+            sweep_dir = args.resume.rstrip("/") if storage.is_object_store(args.resume) else \
+                str(Path(args.resume).expanduser().absolute())
+            storage.check(sweep_dir, "--resume", writable=True)
+            saved_text = read_sweep_file(sweep_dir)
+            if saved_text is None:
                 return fail(f"--resume: {sweep_dir} is not a cutdist sweep directory (no {SWEEP_FILE})")
-            saved = yaml.safe_load(saved_file.read_text())
+            saved = yaml.safe_load(saved_text)
             stripped = redacted_values(saved)
             if stripped:
-                return fail(f"--resume: {saved_file} stores {stripped[0]} without the credentials its URL had "
+                return fail(f"--resume: {storage.join(sweep_dir, SWEEP_FILE)} stores {stripped[0]} without the credentials its URL had "
                             "(cutdist never writes them); such a sweep cannot be resumed: start a new one")
             space = parse_space(saved["space"], saved["job_values"], saved["overrides"], where=saved["space_file"])
         else:
@@ -120,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             saved = {"job_file": str(args.config), "space_file": str(args.space), "job_values": job_values,
                      "overrides": overrides, "space": yaml.safe_load(Path(args.space).read_text())}
         base = config_mod.from_dict(space.base)
-    except (SpaceError, ConfigError) as err:
+    except (SpaceError, ConfigError, storage.StorageError) as err:
         return fail(str(err))
     problem = sweep_problem(base, space)
     if base.model.mode == "sincut":   # trials are ranked by FID, which one image per domain does not have
@@ -143,10 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and not Tuner.can_restore(sweep_dir):
         return fail(f"--resume: {sweep_dir} holds no Tune experiment state to restore")
     if not args.resume:
-        if is_remote(sweep_dir):
-            return fail(f"storage_path: sweeps keep their directory on a local or shared file system; "
-                        f"got {base.storage_path}")
-        if Path(sweep_dir).exists():
+        if is_remote(sweep_dir) and not storage.is_object_store(sweep_dir):
+            return fail(f"storage_path: sweeps keep their directory on a file system or object storage "
+                        f"(s3://, gs://); got {base.storage_path}")
+        if storage.is_object_store(sweep_dir) and storage.list_names(sweep_dir):
+            return fail(f"--name: the sweep directory {sweep_dir} exists; continue it with --resume {sweep_dir} "
+                        "or pick another --name")
+        if not storage.is_object_store(sweep_dir) and Path(sweep_dir).exists():
             return fail(f"--name: the sweep directory {sweep_dir} exists; continue it with --resume {sweep_dir} "
                         "or pick another --name")
 
@@ -158,14 +166,30 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"train.num_workers: one trial of this job needs {describe_need(base)}, more than this "
                     f"local Ray cluster has ({describe(ray.cluster_resources())})")
     if not args.resume:
-        Path(sweep_dir).mkdir(parents=True)
         # never a URL's credentials on disk: a sweep whose job carries some cannot be resumed (see below)
-        (Path(sweep_dir) / SWEEP_FILE).write_text(yaml.safe_dump(redact_values(saved), sort_keys=False))
+        write_sweep_file(sweep_dir, yaml.safe_dump(redact_values(saved), sort_keys=False))
     say(f"{'resuming' if args.resume else 'starting'} sweep {sweep_dir}: space {saved['space_file']}, search "
         f"{space.search}, scheduler {space.scheduler.type}, {space.num_samples} sample(s), up to {concurrency} "
         f"trial(s) at once, each {base.train.num_workers} worker(s) x {describe(worker_resources(base))}")
     results = run_sweep(space, sweep_dir, concurrency, resume=bool(args.resume), retry_errored=args.retry_errored)
     return report(results, space, sweep_dir, splits)
+
+
+def read_sweep_file(sweep_dir: str) -> str | None:
+    """The sweep's ``sweep.yaml`` (local or object storage); None when there is none."""
+    if storage.is_object_store(sweep_dir):
+        location = storage.join(sweep_dir, SWEEP_FILE)
+        return storage.read_bytes(location).decode() if storage.exists(location) else None
+    path = Path(sweep_dir) / SWEEP_FILE
+    return path.read_text() if path.is_file() else None
+
+
+def write_sweep_file(sweep_dir: str, text: str) -> None:
+    if storage.is_object_store(sweep_dir):
+        storage.write_bytes(storage.join(sweep_dir, SWEEP_FILE), text.encode())
+        return
+    Path(sweep_dir).mkdir(parents=True)
+    (Path(sweep_dir) / SWEEP_FILE).write_text(text)
 
 
 def sweep_problem(base: config_mod.JobConfig, space) -> str | None:
@@ -186,7 +210,7 @@ def describe(resources: dict[str, float]) -> str:
 def describe_need(cfg: config_mod.JobConfig) -> str:
     from cutdist.train.launcher import worker_resources
 
-    return describe({k: v * cfg.train.num_workers for k, v in worker_resources(cfg).items()})
+    return describe({k: v * config_mod.worker_range(cfg.train)[1] for k, v in worker_resources(cfg).items()})
 
 
 def choose_concurrency(cfg: config_mod.JobConfig, space, cluster: dict[str, float], *, local: bool) -> int | None:
@@ -245,18 +269,22 @@ def report(results, space, sweep_dir: str, splits) -> int:
     from ray.tune import ExperimentAnalysis
 
     def planned_steps(cfg: config_mod.JobConfig) -> int:
-        return Schedule.of(cfg, splits.epoch_size, cfg.train.num_workers).total_steps
+        return Schedule.of(cfg, splits.epoch_size, config_mod.worker_range(cfg.train)[1]).total_steps
 
     tune_status = {t.trial_id: t.status for t in ExperimentAnalysis(sweep_dir).trials}
     summaries = summarise(results, space, planned_steps, sweep_dir, tune_status)
-    parquet, csv = write_leaderboard(summaries, space, sweep_dir)
-    plot = plot_fid_vs_hparams(summaries, space, Path(sweep_dir) / PLOT, title=os.path.basename(sweep_dir))
+    # object storage: the result files are written to a local directory, then copied into the sweep directory
+    remote = storage.is_object_store(sweep_dir)
+    out_dir = tempfile.mkdtemp(prefix="cutdist_sweep_") if remote else sweep_dir
+    shown = (lambda p: storage.join(sweep_dir, Path(p).name)) if remote else str
+    parquet, csv = write_leaderboard(summaries, space, out_dir)
+    plot = plot_fid_vs_hparams(summaries, space, Path(out_dir) / PLOT, title=os.path.basename(sweep_dir))
     scored = [s for s in summaries if not math.isnan(s.score)]
     counts = {status: sum(s.status == status for s in summaries) for status in dict.fromkeys(
         s.status for s in summaries)}
     print("\n[cutdist.tune] done: " + ", ".join(f"{n} {status}" for status, n in counts.items()))
-    print(f"  leaderboard        {parquet} (+ .csv)")
-    print(f"  plot               {plot}")
+    print(f"  leaderboard        {shown(parquet)} (+ .csv)")
+    print(f"  plot               {shown(plot)}")
     for s in summaries:
         values = " ".join(f"{k}={s.sampled.get(k)}" for k in space.params)
         fid = f"FID {s.best_fid:.4f} KID {s.best_kid:.5f}" if s in scored else f"no {space.metric.upper()}"
@@ -266,14 +294,19 @@ def report(results, space, sweep_dir: str, splits) -> int:
     if scored:
         best = scored[0]
         base = config_mod.from_dict(space.base)
-        path = write_best_config(best, space, Path(sweep_dir) / BEST_CONFIG,
-                                 name=f"{os.path.basename(sweep_dir)}-best", storage_path=storage_path(base))
+        path = write_best_config(best, space, Path(out_dir) / BEST_CONFIG,
+                                 name=f"{os.path.basename(sweep_dir)}-best", storage_path=storage_path(base),
+                                 final_path=shown(Path(out_dir) / BEST_CONFIG))
+        path = shown(path)
         print(f"  best trial         {best.trial_id}: {space.metric.upper()} {best.score:.5g} (best FID "
               f"{best.best_fid:.4f}, best KID {best.best_kid:.5f}) [{best.fid_backbone}]")
         print(f"  best checkpoint    {best.best_checkpoint}")
         print(f"  best config        {path}  (python -m cutdist.train --config {path})")
     else:
         print(f"  no trial reported a {space.metric.upper()}: no best config", file=sys.stderr)
+    if remote:
+        storage.upload(out_dir, sweep_dir)
+        shutil.rmtree(out_dir, ignore_errors=True)
     if counts.get(INCOMPLETE):
         print(f"  interrupted: continue with  python -m cutdist.tune --resume {sweep_dir}")
     print(sweep_dir, flush=True)

@@ -34,7 +34,12 @@ class RecordPlacementGroup(WorkerGroupCallback):
         self.path = path
 
     def after_worker_group_start(self, worker_group) -> None:
+        from cutdist import storage
+
         pg = worker_group.get_worker_group_state().placement_group_handle.placement_group
+        if storage.is_object_store(self.path):   # the driver may be on another node: the sweep's bucket
+            storage.write_bytes(self.path, pg.id.hex().encode())
+            return
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         tmp = f"{self.path}.tmp"
         Path(tmp).write_text(pg.id.hex())
@@ -46,9 +51,14 @@ def remove_recorded_placement_group(path: str) -> bool:
     from ray._raylet import PlacementGroupID
     from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
+    from cutdist import storage
+
     try:
-        pg_hex = Path(path).read_text().strip()
-    except OSError:
+        if storage.is_object_store(path):
+            pg_hex = storage.read_bytes(path).decode().strip()
+        else:
+            pg_hex = Path(path).read_text().strip()
+    except (OSError, storage.StorageError):
         return False
     pg = PlacementGroup(PlacementGroupID(bytes.fromhex(pg_hex)))
     if placement_group_table(pg).get("state") not in _ALIVE:
@@ -82,6 +92,6 @@ class RemoveEndedTrialsPlacementGroups(Callback):
     def _sweep(self) -> None:
         now = self.checked_at = time.monotonic()
         for trial_id, ended_at in list(self.ended.items()):
-            remove_recorded_placement_group(os.path.join(self.runs_dir, trial_id, PG_FILE))
+            remove_recorded_placement_group(f"{self.runs_dir.rstrip('/')}/{trial_id}/{PG_FILE}")
             if now - ended_at > LINGER_S:
                 del self.ended[trial_id]

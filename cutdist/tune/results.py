@@ -112,10 +112,22 @@ def summarise(results: Any, space: Space, planned: Callable[[JobConfig], int], s
             best_kid_std=float(best_kid.get("kid_std", math.nan)) if best_kid else math.nan,
             fid_backbone=str(best.get("fid_backbone", "")), fid_real=bool(best["fid_real"]) if best else None,
             epochs_reached=float(max((r.get("epoch", 0.0) for r in rows), default=0.0)), steps_reached=steps,
-            planned_steps=planned_steps, evaluations=len(rows), best_checkpoint=str(best.get("checkpoint_path") or ""),
+            planned_steps=planned_steps, evaluations=len(rows),
+            best_checkpoint=full_uri(str(best.get("checkpoint_path") or ""), sweep_dir),
             run_dir=f"{cfg.storage_path}/{cfg.name}", error=error_line(result.error)))
     summaries.sort(key=lambda s: (math.isnan(s.score), s.score, s.trial_id))
     return summaries
+
+
+def full_uri(path: str, sweep_dir: str) -> str:
+    """Ray gives object-storage paths without their scheme (``bucket/prefix/...``): put it back."""
+    from urllib.parse import urlparse
+
+    from cutdist.storage import is_object_store
+
+    if path and "://" not in path and is_object_store(sweep_dir):
+        return f"{urlparse(sweep_dir).scheme}://{path}"
+    return path
 
 
 def write_leaderboard(summaries: list[TrialSummary], space: Space, sweep_dir: str | Path) -> tuple[Path, Path]:
@@ -191,17 +203,20 @@ def plot_fid_vs_hparams(summaries: list[TrialSummary], space: Space, path: str |
     return path
 
 
-def write_best_config(best: TrialSummary, space: Space, path: str | Path, *, name: str, storage_path: str) -> Path:
-    """The best trial's job as a ready-to-run YAML (every field explicit), named ``name``."""
+def write_best_config(best: TrialSummary, space: Space, path: str | Path, *, name: str, storage_path: str,
+                      final_path: str | None = None) -> Path:
+    """The best trial's job as a ready-to-run YAML (every field explicit), named ``name``; ``final_path``: where
+    the file will be read from when it is copied elsewhere (object storage), for its header."""
     cfg = space.trial_config(best.sampled)
     cfg.name = name
     cfg.storage_path = storage_path
     values = ", ".join(f"{k}={best.sampled[k]}" for k in space.params if k in best.sampled)
-    header = (f"# Best trial {best.trial_id} of the sweep in {os.path.dirname(os.path.abspath(path))}:\n"
+    final_path = final_path or os.path.abspath(path)
+    header = (f"# Best trial {best.trial_id} of the sweep in {final_path.rsplit('/', 1)[0]}:\n"
               f"#   {values}\n#   ranked by {best.metric.upper()}: best FID {best.best_fid:.4f}, best KID "
               f"{best.best_kid:.5f} [{best.fid_backbone}], trained to epoch "
               f"{best.epochs_reached:g} ({best.status}); its checkpoint: {best.best_checkpoint}\n"
-              f"# Train it: python -m cutdist.train --config {path}\n")
+              f"# Train it: python -m cutdist.train --config {final_path}\n")
     path = Path(path)
     path.write_text(redact_uri(header + cfg.to_yaml()))   # never a URL's credentials on disk
     return path

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from cutdist.config import JobConfig
+from cutdist.config import JobConfig, worker_range
 from cutdist.train.launcher import worker_resources
 from cutdist.tune.space import Space
 
@@ -31,7 +31,7 @@ def trial_resources() -> dict[str, float]:
 
 def trials_that_fit(cfg: JobConfig, cluster: dict[str, float]) -> int:
     """How many trials of this job the cluster's current resources hold at once (0: not even one)."""
-    per_trial = {k: v * cfg.train.num_workers for k, v in worker_resources(cfg).items() if v > 0}
+    per_trial = {k: v * worker_range(cfg.train)[1] for k, v in worker_resources(cfg).items() if v > 0}
     per_trial["memory"] = per_trial.get("memory", 0.0) + TRIAL_MEMORY
     fits = [math.floor(cluster.get(k, 0.0) / v + 1e-9) for k, v in per_trial.items()]
     return max(0, min(fits))

@@ -1,0 +1,155 @@
+"""Several Ray nodes, shards and runs in an S3 server, a node lost mid-run.
+
+One module-scoped S3 server (moto, 127.0.0.1, signatures checked; the standard AWS environment set for every
+process started here, Ray nodes included) and one Ray cluster on this machine: a head without CPUs (the
+driver and Ray Train's controller live there) and one-CPU worker nodes (`ray start --address`, each its own
+process group), so the two training workers land on different nodes.
+
+The job is `python -m cutdist.train` as a user runs it (RAY_ADDRESS, data.root and storage_path s3://), elastic
+(`train.num_workers=[1,2]`): once checkpoint 20 is complete in the bucket one worker node is SIGKILLed; the run
+shrinks to one worker and resumes from that checkpoint (before the fix, Ray's restarted group started from the
+last checkpoint its controller had registered, or afresh), then a replacement node joins
+and the run grows back to two workers, and finishes. metrics.jsonl in the bucket lists every logged step once,
+in order (no gap, nothing before a checkpoint repeated), with world sizes 2 -> 1 -> 2.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ray_head import ray_head, ray_worker_node
+from s3_server import environment, s3_server
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 160   # long enough on one worker for the replacement node to join and the group to grow back
+
+
+@pytest.fixture(scope="module")
+def s3():
+    with s3_server() as server, environment(server.env):
+        yield server
+
+
+@pytest.fixture(scope="module")
+def head(s3):
+    with ray_head("cdc", num_cpus=0, worker_ports=(20000, 60000)) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def shards(s3, tmp_path_factory):
+    from cutdist.data.synth import write_synth_dataset
+
+    local = tmp_path_factory.mktemp("shards")
+    write_synth_dataset(local, size=32, count=16, test_count=4, seed=0)
+    uri = s3.bucket("cluster-data") + "/shards/smoke"
+    s3.upload_dir(local, uri)
+    return uri
+
+
+def metrics_in_bucket(s3, run: str) -> list[dict]:
+    try:
+        text = s3.read(f"{run}/metrics.jsonl").decode()
+    except Exception:   # not written yet
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:   # a line being appended while we read
+            pass
+    return out
+
+
+def complete_checkpoints(s3, run: str) -> list[int]:
+    """Steps of the checkpoints whose two files are both in the bucket, oldest first."""
+    keys = set(s3.keys(run))
+    return sorted(int(k.split("/")[0].split("_")[1]) for k in keys if k.endswith("/train_state.pt")
+                  and k.replace("train_state.pt", "model.pt") in keys)
+
+
+def wait_for(what: str, predicate, timeout: float, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            pytest.fail(f"the driver exited ({proc.returncode}) while waiting for {what}:\n{log.read_text()[-4000:]}")
+        if time.time() > deadline:
+            pytest.fail(f"timed out waiting for {what}:\n{log.read_text()[-4000:]}")
+        time.sleep(0.5)
+
+
+def test_lost_node_elastic_shrink_and_regrow(s3, head, shards, tmp_path):
+    runs = s3.bucket("cluster-runs") + "/runs"
+    run = f"{runs}/elastic"
+    log = tmp_path / "driver.log"
+    with ray_worker_node(head.address) as node_a, ray_worker_node(head.address) as node_b:
+        cmd = [sys.executable, "-m", "cutdist.train", "--config", "jobs/smoke.yaml", f"data.root={shards}",
+               f"storage_path={runs}", "name=elastic", "train.num_workers=[1,2]", "train.elastic_resize_s=4",
+               "optim.epochs=40", "optim.epochs_decay=0", f"optim.max_steps={STEPS}", "checkpoint.every_steps=10",
+               "checkpoint.max_failures=3", "checkpoint.num_to_keep=2", "logging.every_steps=5",
+               "logging.sample_every_steps=50"]
+        # the group's restart waits this long for workers on the lost node before counting the nodes again
+        env = {**os.environ, "RAY_ADDRESS": head.address, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": str(ROOT), "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30"}
+        with log.open("w") as fh:
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        try:
+            # the node goes as soon as checkpoint 20 is complete in the bucket: its report may well still be
+            # queued on the workers, unseen by Ray's controller (polled every ~2 s)
+            wait_for("checkpoint 20 in the bucket", lambda: (complete_checkpoints(s3, run) or [0])[-1] >= 20, 300,
+                     proc, log)
+            node_b.kill()
+            newest = complete_checkpoints(s3, run)[-1]
+
+            def resumed_on_one():
+                return "ddp x1 on cpu" in log.read_text()
+            wait_for("the run to go on with one worker", resumed_on_one, 240, proc, log)
+            with ray_worker_node(head.address):   # a replacement node joins
+                def regrown():
+                    m = metrics_in_bucket(s3, run)
+                    sizes = [x["world_size"] for x in m]
+                    return 1 in sizes and sizes[-1] == 2 and sizes.index(1) < len(sizes) - 1
+                wait_for("the run to grow back to two workers", regrown, 300, proc, log)
+                proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = log.read_text()
+    assert proc.returncode == 0, text[-4000:]
+    metrics = metrics_in_bucket(s3, run)
+    record = [(m["step"], m["world_size"], m["resumed_from_step"]) for m in metrics]
+    # attempts: each restart's lines carry the step it resumed from
+    attempts = [[metrics[0]]]
+    for m in metrics[1:]:
+        (attempts[-1].append(m) if m["resumed_from_step"] == attempts[-1][-1]["resumed_from_step"]
+         else attempts.append([m]))
+    assert all(a[i]["step"] < a[i + 1]["step"] for a in attempts for i in range(len(a) - 1)), record
+    resumes = list(dict.fromkeys(int(line.split(" at step ")[1].split()[0]) for line in text.splitlines()
+                                 if "steps in all; resumed from" in line))
+    assert len(attempts) >= 3 and len(resumes) >= len(attempts) - 1, (resumes, record)
+    assert sorted({m["step"] for m in metrics}) == list(range(5, STEPS + 5, 5)), record   # no gap
+    # each attempt started from a checkpoint of the one before it, at most one interval (10 steps) back
+    for before, after in zip(attempts, attempts[1:]):
+        start = after[0]["step"] - 5
+        assert start == after[0]["resumed_from_step"], record
+        assert start % 10 == 0 and before[-1]["step"] - 10 <= start <= before[-1]["step"], record
+    # the first restart resumed from the newest complete checkpoint at the loss, whether Ray had registered it
+    assert attempts[1][0]["resumed_from_step"] == newest >= 20, (newest, attempts[1][0])
+    sizes = [{m["world_size"] for m in attempt} for attempt in attempts]
+    assert sizes[0] == {2} and {1} in sizes[1:-1] and sizes[-1] == {2}, record   # shrank, then grew back
+    assert "fresh start" not in text.split("resumed from", 1)[1]
+    keys = s3.keys(run)
+    assert f"checkpoint_{STEPS:09d}/model.pt" in keys and "samples/latest.png" in keys
+    assert any(k.startswith("tensorboard/events.out.tfevents") for k in keys)
+    assert s3.secret not in text
+
