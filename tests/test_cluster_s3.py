@@ -147,7 +147,8 @@ def test_lost_node_elastic_shrink_and_regrow(s3, head, shards, tmp_path):
     assert attempts[1][0]["resumed_from_step"] == newest >= 20, (newest, attempts[1][0])
     sizes = [{m["world_size"] for m in attempt} for attempt in attempts]
     assert sizes[0] == {2} and {1} in sizes[1:-1] and sizes[-1] == {2}, record   # shrank, then grew back
-    assert "fresh start" not in text.split("resumed from", 1)[1]
+    starts = list(dict.fromkeys(line for line in text.splitlines() if "steps in all;" in line))
+    assert "fresh start" in starts[0] and sum("fresh start" in line for line in starts) == 1, starts
     keys = s3.keys(run)
     assert f"checkpoint_{STEPS:09d}/model.pt" in keys and "samples/latest.png" in keys
     assert any(k.startswith("tensorboard/events.out.tfevents") for k in keys)
