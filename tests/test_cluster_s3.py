@@ -138,11 +138,12 @@ def test_lost_node_elastic_shrink_and_regrow(s3, head, shards, tmp_path):
                                  if "steps in all; resumed from" in line))
     assert len(attempts) >= 3 and len(resumes) >= len(attempts) - 1, (resumes, record)
     assert sorted({m["step"] for m in metrics}) == list(range(5, STEPS + 5, 5)), record   # no gap
-    # each attempt started from a checkpoint of the one before it, at most one interval (10 steps) back
+    # each attempt started from a checkpoint of the one before it: at most one interval (10 steps) back, or two
+    # when the latest checkpoint was still uploading (asynchronously, one upload at a time) at the loss
     for before, after in zip(attempts, attempts[1:]):
         start = after[0]["step"] - 5
         assert start == after[0]["resumed_from_step"], record
-        assert start % 10 == 0 and before[-1]["step"] - 10 <= start <= before[-1]["step"], record
+        assert start % 10 == 0 and before[-1]["step"] - 20 <= start <= before[-1]["step"], record
     # the first restart resumed from the newest complete checkpoint at the loss, whether Ray had registered it
     assert attempts[1][0]["resumed_from_step"] == newest >= 20, (newest, attempts[1][0])
     sizes = [{m["world_size"] for m in attempt} for attempt in attempts]

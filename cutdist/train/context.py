@@ -34,9 +34,9 @@ class WorkerContext:
         raise NotImplementedError
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, step: int, *,
-               checkpointed: bool = False) -> bool:
+               checkpointed: bool = False, final: bool = False) -> bool:
         """Publish metrics (all ranks call it; rank 0's metrics count) and, on rank 0, a checkpoint dir;
-        ``checkpointed``: this report carries a checkpoint (the same on every rank).
+        ``checkpointed``: this report carries a checkpoint (the same on every rank); ``final``: the run's last.
         True: the runtime took the directory over (deletes it once uploaded); False: the caller deletes it."""
         raise NotImplementedError
 
@@ -106,7 +106,7 @@ class RayContext(WorkerContext):
         return Path(checkpoint.to_directory())
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, step: int, *,
-               checkpointed: bool = False) -> bool:
+               checkpointed: bool = False, final: bool = False) -> bool:
         """Only reports with a checkpoint (every checkpoint, FID evaluation and the end) go to Ray: rank 0's
         logger already has every interval's metrics, and each ``ray.train.report`` waits for the previous
         one to be taken by the controller (one per ~2 s health check) and for the previous checkpoint's
@@ -119,10 +119,31 @@ class RayContext(WorkerContext):
         # Only rank 0 holds a checkpoint (the state is consolidated); Ray uses rank 0's directory name.
         # ASYNC: Ray uploads the directory in a background thread and deletes it afterwards, so training goes
         # on while a slow store receives it (an upload that fails is raised into the training loop by Ray).
-        upload = upload_mode_kwargs(ckpt is not None)
+        # At most one upload in flight: Ray's ASYNC reports return at once and queue their uploads, so a loop
+        # faster than the store would run ahead of what is persisted (seen: a lost node cost 5 intervals). The
+        # previous upload is done once Ray has deleted its directory; it had a whole interval to finish. The
+        # last checkpoint is uploaded before the run ends.
+        self._wait_for_upload()
+        upload = upload_mode_kwargs(ckpt is not None and not final)
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=checkpoint.checkpoint_dir_name(step),
                          **upload)
+        self._uploading = checkpoint_dir if upload else None
         return bool(upload)
+
+    def _wait_for_upload(self, warn_every_s: float = 60.0, give_up_s: float = 1800.0) -> None:
+        import time
+
+        pending, t0, warned = getattr(self, "_uploading", None), time.monotonic(), 0
+        while pending is not None and Path(pending).exists():
+            waited = time.monotonic() - t0
+            if waited > give_up_s:
+                say(f"[cutdist.train] warning: the previous checkpoint's upload has not finished after "
+                    f"{waited:.0f} s; going on")
+                break
+            if waited > warned + warn_every_s:
+                warned = waited
+                say(f"[cutdist.train] waiting {waited:.0f} s for the previous checkpoint's upload")
+            time.sleep(0.05)
 
 
 def upload_mode_kwargs(with_checkpoint: bool) -> dict[str, Any]:
@@ -165,7 +186,7 @@ class LocalContext(WorkerContext):
         return self.restored
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, step: int, *,
-               checkpointed: bool = False) -> bool:
+               checkpointed: bool = False, final: bool = False) -> bool:
         self.reports.append(dict(metrics))
         if checkpoint_dir is None:
             return False

@@ -117,7 +117,7 @@ def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from
                 if best_fid is not None:
                     metrics["fid_best"] = best_fid
                 metrics[checkpoint.SCORE_KEY] = metrics["fid"] if "fid" in metrics else math.inf
-                _publish(ctx, strategy, cfg, pos, metrics, best_fid, due.checkpoint, logger)
+                _publish(ctx, strategy, cfg, pos, metrics, best_fid, due.checkpoint, logger, final=due.finished)
                 last_metrics = metrics
                 if due.checkpoint:
                     timer.restart()
@@ -281,7 +281,7 @@ def _interval_metrics(meter: LossMeter, ctx: WorkerContext, pos: Position, sched
 
 
 def _publish(ctx: WorkerContext, strategy: Strategy, cfg: JobConfig, pos: Position, metrics: dict[str, Any],
-             best_fid: float | None, with_checkpoint: bool, logger: RunLogger | None) -> None:
+             best_fid: float | None, with_checkpoint: bool, logger: RunLogger | None, *, final: bool = False) -> None:
     if logger is not None:
         logger.log(pos.step, metrics)
         if with_checkpoint:
@@ -296,7 +296,7 @@ def _publish(ctx: WorkerContext, strategy: Strategy, cfg: JobConfig, pos: Positi
                                                  optimizers=optimizers, best_fid=best_fid, metrics=metrics)
     handed_over = False
     try:
-        handed_over = ctx.report(metrics, staged, pos.step, checkpointed=with_checkpoint)
+        handed_over = ctx.report(metrics, staged, pos.step, checkpointed=with_checkpoint, final=final)
     finally:
         if staged is not None and not handed_over:   # ASYNC upload: Ray deletes it once uploaded
             shutil.rmtree(staged, ignore_errors=True)
