@@ -144,8 +144,9 @@ def test_lost_node_elastic_shrink_and_regrow(s3, head, shards, tmp_path):
         start = after[0]["step"] - 5
         assert start == after[0]["resumed_from_step"], record
         assert start % 10 == 0 and before[-1]["step"] - 20 <= start <= before[-1]["step"], record
-    # the first restart resumed from the newest complete checkpoint at the loss, whether Ray had registered it
-    assert attempts[1][0]["resumed_from_step"] == newest >= 20, (newest, attempts[1][0])
+    # the first restart lost nothing that was complete in the bucket at the loss, whether Ray had registered it
+    # or not (the lost node's worker may outlive its raylet for a moment and add a checkpoint)
+    assert attempts[1][0]["resumed_from_step"] >= newest >= 20, (newest, record)
     sizes = [{m["world_size"] for m in attempt} for attempt in attempts]
     assert sizes[0] == {2} and {1} in sizes[1:-1] and sizes[-1] == {2}, record   # shrank, then grew back
     starts = list(dict.fromkeys(line for line in text.splitlines() if "steps in all;" in line))
