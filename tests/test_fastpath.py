@@ -121,6 +121,11 @@ def test_channels_last_puts_weights_and_inputs_in_nhwc_and_matches_nchw():
     convs = [m for m in bench.nets.g.modules() if isinstance(m, torch.nn.Conv2d)]
     assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
     assert not convs[1].weight.is_contiguous()
+    # NHWC strides proper (channel stride 1), also for the depthwise blur weights (C, 1, k, k), which an NCHW tensor
+    # already "is" for is_contiguous(channels_last): left NCHW, their convolutions silently ran NCHW
+    tensors = [t for net in (bench.nets.g, bench.nets.d) for t in (*net.parameters(), *net.buffers()) if t.dim() == 4]
+    assert any(t.shape[1] == 1 for t in tensors)
+    assert all(t.stride(1) == 1 for t in tensors)
     assert bench.real_a.is_contiguous(memory_format=torch.channels_last)
     got = steps(bench, 2)
     for (g, e), rel in zip(zip(got, expected), (1e-5, 5e-3)):

@@ -118,11 +118,15 @@ def apply_fast_path(nets: CUTNets, *, channels_last: bool = False, compile: bool
 
 def to_channels_last(module: nn.Module) -> nn.Module:
     """Every 4-D parameter and buffer of ``module`` in NHWC, in place. ``Module.to(memory_format=...)`` would also
-    try its 5-D tensors (SinCUT's modulated-conv weight, shape (1, out, in, k, k)) and fail on them."""
+    try its 5-D tensors (SinCUT's modulated-conv weight, shape (1, out, in, k, k)) and fail on them.
+
+    ``.to(memory_format=...)``, not ``.contiguous(memory_format=...)``: a depthwise blur weight (C, 1, k, k) in NCHW
+    already counts as channels_last-contiguous (size-1 dims are ignored), so ``.contiguous`` keeps its NCHW strides
+    and those convolutions would silently stay NCHW (and the backward layout with them)."""
     with torch.no_grad():
         for tensor in (*module.parameters(), *module.buffers()):
             if tensor.dim() == 4:
-                tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+                tensor.data = tensor.data.to(memory_format=torch.channels_last)
     return module
 
 
