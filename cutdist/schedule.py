@@ -77,6 +77,11 @@ class Due:
     log: bool
 
 
+def per_rank_batch(cfg: JobConfig, world_size: int) -> int:
+    """Images per rank per step. SinCUT's data.batch_size is the global batch (the reference's 16 crops), split over
+    the ranks; CUT's and FastCUT's is per rank (the paper's batch 1 on each)."""
+    return cfg.data.batch_size // world_size if cfg.model.mode == "sincut" else cfg.data.batch_size
+
 @dataclass(frozen=True)
 class Schedule:
     epoch_size: int           # samples per epoch, globally
@@ -97,8 +102,7 @@ class Schedule:
     @classmethod
     def of(cls, cfg: JobConfig, epoch_size: int, world_size: int) -> Schedule:
         """The job's schedule on ``world_size`` ranks; ``epoch_size``: ``Splits.epoch_size``."""
-        # sincut: data.batch_size is the global batch (the reference's 16 crops), split over the ranks
-        per_rank = cfg.data.batch_size // world_size if cfg.model.mode == "sincut" else cfg.data.batch_size
+        per_rank = per_rank_batch(cfg, world_size)
         global_batch = per_rank * world_size
         return cls(epoch_size, steps_per_epoch(epoch_size, per_rank, world_size), global_batch,
                    cfg.optim.epochs, cfg.optim.epochs_decay, cfg.optim.max_steps, scaled_lr(cfg.optim, global_batch),

@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_checkpoint(path: str) -> str:
     """``path`` itself, or for a run directory (no model.pt, checkpoints inside) its best checkpoint, said on stderr."""
-    from cutdist.train.summary import best_checkpoint_of_run
+    from cutdist.train.checkpoint import best_checkpoint_of_run
 
     where = Path(path).expanduser()
     if not where.is_dir() or (where / "model.pt").exists():

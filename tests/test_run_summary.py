@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from cutdist import config
-from cutdist.train.checkpoint import read_metrics
-from cutdist.train.summary import BestSoFar, best_checkpoint_of_run, build_summary, summary_lines, write_summary
+from cutdist.train.checkpoint import best_checkpoint_of_run, read_metrics
+from cutdist.train.summary import BestSoFar, build_summary, summary_lines, write_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "jobs" / "smoke.yaml"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cutdist import config
-from cutdist.schedule import CheckpointTimer, Position, Schedule, lr_factor, mix_seed, steps_per_epoch
+from cutdist.schedule import CheckpointTimer, Position, Schedule, lr_factor, mix_seed, per_rank_batch, steps_per_epoch
 
 
 def test_steps_per_epoch():
@@ -50,6 +50,16 @@ def test_a_seed_outside_32_bits_is_refused(tmp_path):
         config.from_dict({"data.root": str(tmp_path), "train.seed": -1})
     with pytest.raises(config.ConfigError, match=r"^train\.seed"):
         config.from_dict({"data.root": str(tmp_path), "train.seed": 2**32})
+
+
+def test_per_rank_batch_is_split_for_sincut_only(tmp_path):
+    """SinCUT's data.batch_size is the global batch split over the ranks (the summary's images_seen counts with it);
+    CUT's is per rank."""
+    cut = config.from_dict({"data.root": str(tmp_path), "data.batch_size": 4})
+    sincut = config.from_dict({"data.root": str(tmp_path), "model.mode": "sincut", "data.batch_size": 16})
+    assert [per_rank_batch(cut, w) for w in (1, 2)] == [4, 4]
+    assert [per_rank_batch(sincut, w) for w in (1, 2, 4)] == [16, 8, 4]
+    assert Schedule.of(sincut, 100, 2).images_per_step == 16 and Schedule.of(cut, 100, 2).images_per_step == 8
 
 
 def schedule(tmp_path, epoch_size=8, world_size=1, **values):

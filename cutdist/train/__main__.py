@@ -154,12 +154,15 @@ def print_summary(cfg, result, launcher, *, before, splits, is_demo: bool) -> No
 def write_run_summary(cfg, result, launcher, latest: str | None) -> None:
     """summary.json in the run directory (rank 0's log directory when the run directory is remote) and the
     last console lines: best FID and KID, their epochs and checkpoints, the final ones, images seen, wall time."""
+    from cutdist.schedule import per_rank_batch
     from cutdist.train.summary import build_summary, summary_lines, write_summary
 
     run_dir = launcher.run_dir(cfg)
     kept = [c.path for c, _ in (result.best_checkpoints or [])]
-    summary = build_summary(result.metrics or {}, run_dir=run_dir, kept=kept, latest=latest,
-                            batch_size=cfg.data.batch_size, wall_s=time.time() - STARTED_AT)
+    final = result.metrics or {}
+    summary = build_summary(final, run_dir=run_dir, kept=kept, latest=latest,
+                            batch_size=per_rank_batch(cfg, int(final.get("world_size", 1))),
+                            wall_s=time.time() - STARTED_AT)
     where = run_dir if not launcher.is_remote(run_dir) else launcher.logs_dir(cfg)
     try:
         path = write_summary(summary, where)

@@ -20,7 +20,9 @@ written by N DDP or DeepSpeed workers resumes on M workers of either.
 
 Retention: ``checkpoint.num_to_keep`` checkpoints ranked by ``SCORE_KEY`` (the FID measured with that checkpoint,
 +inf when none was), always plus the latest: Ray Train's ``CheckpointConfig`` (``ray_checkpoint_config``) for Ray
-runs, ``retain`` for a plain process (``LocalContext``), the same rule.
+runs, ``retain`` for a plain process (``LocalContext``), the same rule. ``best_checkpoint_of_run`` picks a finished
+run's best one (``translate --checkpoint RUN_DIR``); ``newest_complete_checkpoint`` the newest loadable one (resume
+after a lost node).
 """
 from __future__ import annotations
 
@@ -199,6 +201,37 @@ def newest_complete_checkpoint(fs, run_path: str, *, known: str | None = None):
                 continue
         return fs, path
     return (fs, known) if known else None
+
+
+def best_checkpoint_of_run(run_dir: str | Path) -> tuple[Path, str] | None:
+    """(checkpoint, why) of a run directory's best checkpoint: summary.json's best FID, else the lowest FID in the
+    kept checkpoints' metrics.json, else (no evaluation) the latest; None when it holds no checkpoint."""
+    from cutdist.train.summary import SUMMARY_FILE
+
+    run_dir = Path(run_dir)
+    path = run_dir / SUMMARY_FILE
+    if path.is_file():
+        try:
+            best = (json.loads(path.read_text()).get("best") or {}).get("fid") or {}
+        except ValueError:
+            best = {}
+        name = Path(best.get("checkpoint") or "").name
+        if name and (run_dir / name / MODEL_FILE).is_file():
+            return run_dir / name, f"best FID {best['value']:.4f} at epoch {best['epoch']:g} ({SUMMARY_FILE})"
+    scored = []
+    for child in sorted(run_dir.glob(f"{CHECKPOINT_PREFIX}*")):
+        if not (child / MODEL_FILE).is_file():
+            continue
+        fid = read_metrics(child).get("fid")
+        if isinstance(fid, (int, float)) and math.isfinite(fid):
+            scored.append((fid, child))
+    if scored:
+        fid, child = min(scored)
+        return child, f"lowest FID {fid:.4f} among the kept checkpoints"
+    latest = [c for c in sorted(run_dir.glob(f"{CHECKPOINT_PREFIX}*")) if (c / MODEL_FILE).is_file()]
+    if latest:
+        return latest[-1], "the latest checkpoint: no FID was measured"
+    return None
 
 
 def check_compatible(saved: dict[str, Any], cfg: JobConfig, where: Path) -> None:

@@ -9,8 +9,8 @@ knows them; a resumed run reads them back from its checkpoint). The checkpoint o
 FID, so the best-FID one is always kept, the best-KID one only when it is also among those kept: the summary
 says ``null`` (and why) otherwise.
 
-``best_checkpoint_of_run(run_dir)`` is what ``translate --checkpoint RUN_DIR`` uses: summary.json's best-FID
-checkpoint, else the kept checkpoint whose metrics.json has the lowest FID, else (never evaluated) the latest.
+``cutdist.train.checkpoint.best_checkpoint_of_run(run_dir)`` (what ``translate --checkpoint RUN_DIR`` uses) reads
+summary.json's best-FID checkpoint back.
 """
 from __future__ import annotations
 
@@ -127,34 +127,3 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     lines.append(f"  seen       {summary['images_seen']} images ({summary['world_size']} workers x batch "
                  f"{summary['per_rank_batch']}) in {_duration(summary['wall_s'])}")
     return lines
-
-
-def best_checkpoint_of_run(run_dir: str | Path) -> tuple[Path, str] | None:
-    """(checkpoint, why) of a run directory's best checkpoint: summary.json's best FID, else the lowest FID in the
-    kept checkpoints' metrics.json, else (no evaluation) the latest; None when it holds no checkpoint."""
-    from cutdist.train.checkpoint import CHECKPOINT_PREFIX, MODEL_FILE, read_metrics
-
-    run_dir = Path(run_dir)
-    path = run_dir / SUMMARY_FILE
-    if path.is_file():
-        try:
-            best = (json.loads(path.read_text()).get("best") or {}).get("fid") or {}
-        except ValueError:
-            best = {}
-        name = Path(best.get("checkpoint") or "").name
-        if name and (run_dir / name / MODEL_FILE).is_file():
-            return run_dir / name, f"best FID {best['value']:.4f} at epoch {best['epoch']:g} ({SUMMARY_FILE})"
-    scored = []
-    for child in sorted(run_dir.glob(f"{CHECKPOINT_PREFIX}*")):
-        if not (child / MODEL_FILE).is_file():
-            continue
-        fid = read_metrics(child).get("fid")
-        if isinstance(fid, (int, float)) and math.isfinite(fid):
-            scored.append((fid, child))
-    if scored:
-        fid, child = min(scored)
-        return child, f"lowest FID {fid:.4f} among the kept checkpoints"
-    latest = [c for c in sorted(run_dir.glob(f"{CHECKPOINT_PREFIX}*")) if (c / MODEL_FILE).is_file()]
-    if latest:
-        return latest[-1], "the latest checkpoint: no FID was measured"
-    return None
