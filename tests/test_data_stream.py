@@ -5,7 +5,6 @@ import random
 import shutil
 import tarfile
 from collections import Counter
-from itertools import combinations
 
 import pytest
 import torch

@@ -14,7 +14,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from PIL import Image
 
 from cutdist import config, convert, fid, translate
 from cutdist.data.manifest import MANIFEST_NAME, write_manifest

@@ -11,7 +11,6 @@ exercised.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest

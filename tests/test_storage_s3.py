@@ -5,7 +5,6 @@ complete checkpoint of a run directory in the bucket found (one cut short by a l
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest

@@ -1,12 +1,23 @@
-"""What the bench commands share: their usage error, the ``--device`` choice and the device's name in the JSON."""
+"""What the bench commands share: their usage error, the default job, the ``--device`` choice and the device's
+name in the JSON."""
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 from typing import Any
 
 
 class UsageError(ValueError):
     """A bad command line; the message names the flag or key."""
+
+
+def default_config() -> Path:
+    """jobs/demo.yaml of the working directory, else of this checkout (the job ``curves`` and ``scaling`` train)."""
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        candidate = base / "jobs" / "demo.yaml"
+        if candidate.is_file():
+            return candidate
+    return Path("jobs") / "demo.yaml"
 
 
 def choose_device(name: str) -> Any:

@@ -52,7 +52,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cutdist.bench.cli import UsageError, choose_device, device_name
+from cutdist.bench.cli import UsageError, choose_device, default_config, device_name
 
 BASELINE = "fp32"
 # variant part -> the config switch it turns on (the baseline has them all off)
@@ -71,15 +71,6 @@ OWNED_KEYS = {**{key: "--variants" for key in BASELINE_SWITCHES}, "train.seed": 
               "optim.max_steps": "--steps", "logging.every_steps": "--interval", "eval.enabled": "(always false)"}
 NEVER = 10**9   # a cadence that never comes round within a bench run
 ROUND = 6
-
-
-def default_config() -> Path:
-    """jobs/demo.yaml of the working directory, else of this checkout."""
-    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        candidate = base / "jobs" / "demo.yaml"
-        if candidate.is_file():
-            return candidate
-    return Path("jobs") / "demo.yaml"
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -509,7 +509,6 @@ def _worst(cases: list[dict[str, Any]], key: str) -> Any:
     if isinstance(values[0], dict):
         return {n: max(v[n] for v in values) for n in values[0]}
     return max(values)
-    return result
 
 
 def _with_preset(mode_cfg: config.JobConfig, job: config.JobConfig) -> config.JobConfig:

@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cutdist.bench.cli import UsageError, choose_device, device_name
+from cutdist.bench.cli import UsageError, choose_device, default_config, device_name
 
 RULES = ("none", "sqrt", "linear")
 ANY_RULE = "any"     # B = 1: every rule gives the same lr
@@ -58,14 +58,6 @@ METRICS = ("lowfreq_l1", "stripe_energy_ratio", "fid", "kid")
 # keys the bench sets itself -> the flag that sets them
 OWNED_KEYS = {"data.batch_size": "--batches", "optim.lr_scaling": "--rules", "train.seed": "--seeds",
               "train.num_workers": "(always 1: see the module docstring)", "optim.max_steps": "(the job's epochs)"}
-
-
-def default_config() -> Path:
-    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        candidate = base / "jobs" / "demo.yaml"
-        if candidate.is_file():
-            return candidate
-    return Path("jobs") / "demo.yaml"
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -213,44 +213,6 @@ def sample_key(relative: PurePosixPath) -> str:
     return stem if relative.parent == PurePosixPath(".") else f"{relative.parent}/{stem}"
 
 
-def scan_source(src: str | Path, split: str | None = None) -> dict[str, tuple[Path, list[PurePosixPath]]]:
-    """The splits to write from ``src``: a CycleGAN-style root (``trainA/ trainB/ testA/ testB/``, optional
-    ``testGT/``) or, with ``split``, one plain image folder. Missing folders and empty splits are errors."""
-    src = Path(src).expanduser()
-    if not src.is_dir():
-        raise DataError(f"{src}: no such directory")
-    split_dirs = [name for name in SPLITS if (src / name).is_dir()]
-    if split_dirs and split:
-        raise DataError(f"{src}: is a dataset root with {', '.join(split_dirs)}; --split is for a plain image folder")
-    if not split_dirs:
-        if not split:
-            raise DataError(f"{src}: has none of {', '.join(SPLITS)}; to write a plain image folder, "
-                            "name its split with --split")
-        if split not in SPLITS:
-            raise DataError(f"--split: must be one of {', '.join(SPLITS)}, got {split!r}")
-        split_dirs = [split]
-        dirs = {split: src}
-    else:
-        dirs = {name: src / name for name in split_dirs}
-    found = {}
-    for name in split_dirs:
-        images = list_images(dirs[name])
-        if not images:
-            raise DataError(f"{dirs[name]}: split {name} has no images ({', '.join(IMAGE_EXTENSIONS)})")
-        found[name] = (dirs[name], images)
-    return found
-
-
-def probe_image(data: bytes) -> tuple[int, int]:
-    """Decode the image fully (a truncated JPEG fails here, not at training time); its (width, height)."""
-    if not data:
-        raise ValueError("empty file")
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        img.convert("RGB")
-        return img.size
-
-
 def _ordered_map(fn: Callable, items: list, workers: int) -> Iterator:
     """``map(fn, items)`` in order, over ``workers`` processes, with a bounded number of results in flight
     (``Executor.map`` would submit everything at once and could hold a whole dataset's bytes in memory)."""

@@ -25,7 +25,7 @@ from torch import nn
 
 from cutdist import config as config_mod
 from cutdist.config import JobConfig
-from cutdist.model.networks import CUTNets, ResnetGenerator, build_generator
+from cutdist.model.networks import CUTNets, build_generator
 from cutdist.redact import redact_values
 
 MODEL_FILE = "model.pt"

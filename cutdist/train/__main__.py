@@ -128,7 +128,6 @@ def print_summary(cfg, result, launcher, *, before, splits, is_demo: bool) -> No
     latest = result.checkpoint.path if result.checkpoint else None
     best, best_metrics = best_checkpoint(result)
     logs = launcher.logs_mirror(cfg) or launcher.logs_dir(cfg)
-    metrics = result.metrics or {}
     remote = launcher.logs_mirror(cfg) is not None
     print("\n[cutdist.train] done")
     print(f"  run directory      {launcher.run_dir(cfg)}")
