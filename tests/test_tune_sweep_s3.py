@@ -6,6 +6,13 @@ and one `ray start` head with 2 CPUs. The sweep is a grid of two learning rates 
 4 synthetic images per domain at 32 px, shards in the bucket, 2 epochs with an FID after each), one trial at a
 time, FIFO. The driver is SIGKILLed once the experiment state in the bucket shows the first trial finished;
 ``--resume`` of the bucket URI runs what is left and writes the leaderboard into the bucket.
+
+Tune uploads its experiment state and its searcher state one file after the other, so a driver killed in
+between leaves a searcher state older than the experiment state in the bucket (seen here: the experiment state
+goes first, then the trials' files, then the searcher state). The test makes that case certain: it puts back the
+searcher state it read while the first trial was still running. Before cutdist.tune.searcher, the resumed driver
+then waited in Tune's trial queue for a trial the stale searcher never produced (the finished trial counted as
+live, max_concurrent_trials 1 reached).
 """
 from __future__ import annotations
 
@@ -90,7 +97,11 @@ def test_resume_of_a_sweep_in_the_bucket(s3, head, tmp_path):
                                   start_new_session=True)
     try:
         deadline = time.time() + 300
+        early = None   # (key, bytes) of the searcher state while only the first trial exists
         while "TERMINATED" not in bucket_trial_states(s3, sweep).values():
+            if early is None and len(bucket_trial_states(s3, sweep)) == 1:
+                names = [k for k in s3.keys(sweep) if k.startswith("basic-variant-state-")]
+                early = (names[-1], s3.read(f"{sweep}/{names[-1]}")) if names else None
             assert driver.poll() is None, f"the sweep ended before the kill:\n{log.read_text()[-4000:]}"
             assert time.time() < deadline, f"no finished trial in the bucket in 300 s:\n{log.read_text()[-4000:]}"
             time.sleep(0.5)
@@ -101,10 +112,12 @@ def test_resume_of_a_sweep_in_the_bucket(s3, head, tmp_path):
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
-    assert list(at_kill.values()).count("TERMINATED") == 1, at_kill
+    assert list(at_kill.values()).count("TERMINATED") == 1 and early is not None, at_kill
+    bucket, _, prefix = sweep.removeprefix("s3://").partition("/")
+    s3.client().put_object(Bucket=bucket, Key=f"{prefix}/{early[0]}", Body=early[1])   # killed between uploads
 
     resumed = subprocess.run([sys.executable, "-m", "cutdist.tune", "--resume", sweep], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=400)
+                             capture_output=True, text=True, timeout=300)
     out = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, out[-4000:]
     assert resumed.stdout.strip().splitlines()[-1] == sweep

@@ -129,15 +129,17 @@ class Space:
         """The search algorithm, running at most ``max_concurrent`` trials at once (metric and mode come from
         the TuneConfig)."""
         from ray.tune.search import ConcurrencyLimiter
-        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        from cutdist.tune.searcher import ConsistentVariantGenerator
 
         if self.search == "optuna":
             from optuna.samplers import TPESampler
             from ray.tune.search.optuna import OptunaSearch
 
             return ConcurrencyLimiter(OptunaSearch(sampler=TPESampler(seed=self.seed)), max_concurrent=max_concurrent)
-        # random and grid: Tune's variant generator (grid values crossed, the rest sampled) takes the limit itself
-        return BasicVariantGenerator(random_state=self.seed, max_concurrent=max_concurrent)
+        # random and grid: Tune's variant generator (grid values crossed, the rest sampled) takes the limit itself;
+        # this one also mends a stale saved state on resume (see cutdist.tune.searcher)
+        return ConsistentVariantGenerator(random_state=self.seed, max_concurrent=max_concurrent)
 
     def tune_scheduler(self):
         from ray.tune.schedulers import FIFOScheduler
