@@ -135,25 +135,7 @@ def convert_official(states: Mapping[str, StateDict | None], *, mode: str = "cut
         raise OfficialCheckpointError(f"--nce-layers: layers {bad} do not exist in this generator "
                                       f"(layers 0..{len(g.model) - 1})")
     overrides["loss.nce_layers"] = layers
-    f_state = states.get("f")
-    if f_state is not None:
-        f_arch = infer_patch_sampler(f_state)
-        taps = g.tap_channels(layers)
-        if f_arch["in_channels"] != taps:
-            raise OfficialCheckpointError(
-                f"F: its {len(f_arch['in_channels'])} MLPs take {f_arch['in_channels']} channels, but taps {layers} "
-                f"of this generator give {taps}; pass the taps it was trained with (--nce-layers)")
-        f = PatchSampleF(taps, nc=f_arch["nc"])
-        _strict(f, f_state, "F")
-        overrides["model.netf_nc"] = f_arch["nc"]
-
-    try:
-        cfg = config_mod.from_dict(overrides, validate_config=False)
-    except config_mod.ConfigError as err:
-        raise OfficialCheckpointError(f"config: {err}") from None
-    parts = {"g": dict(g_state), "d": None if d_state is None else dict(d_state),
-             "f": None if f_state is None else dict(f_state)}
-    return parts, cfg
+    return _with_f(g, states.get("f"), layers, overrides, g_state, d_state)
 
 
 # ------------------------------------------------------------------------------------------------- SinCUT
@@ -214,6 +196,12 @@ def _convert_sincut(states: Mapping[str, StateDict | None], *, nce_layers: list[
     if bad:
         raise OfficialCheckpointError(f"--nce-layers: layers {bad} do not exist in this encoder (layers 0..{n_layers - 1})")
     overrides["loss.nce_layers"] = layers
+    return _with_f(g, f_state, layers, overrides, g_state, d_state)
+
+
+def _with_f(g, f_state, layers: list[int], overrides: dict[str, object], g_state, d_state):
+    """Check F (when present) against the taps ``layers`` of ``g``, then the imported parts and their job config
+    (both generator families: F's MLPs take the tapped channels, whatever the generator)."""
     if f_state is not None:
         f_arch = infer_patch_sampler(f_state)
         taps = g.tap_channels(layers)
