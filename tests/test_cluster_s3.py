@@ -11,6 +11,11 @@ shrinks to one worker and resumes from that checkpoint (before the fix, Ray's re
 last checkpoint its controller had registered, or afresh), then a replacement node joins
 and the run grows back to two workers, and finishes. metrics.jsonl in the bucket lists every logged step once,
 in order (no gap, nothing before a checkpoint repeated), with world sizes 2 -> 1 -> 2.
+
+The same cluster runs a one-trial sweep (``python -m cutdist.tune``, sweep directory in the bucket) whose
+training worker is on the only worker node; that node is SIGKILLed once the trial's checkpoint 20 is in the
+bucket and a replacement joins: the trial (its actor on the head) resumes from the newest checkpoint in the
+bucket and the sweep ends with the trial TERMINATED on its leaderboard.
 """
 from __future__ import annotations
 
@@ -155,3 +160,103 @@ def test_lost_node_elastic_shrink_and_regrow(s3, head, shards, tmp_path):
     assert any(k.startswith("tensorboard/events.out.tfevents") for k in keys)
     assert s3.secret not in text
 
+
+
+TUNE_STEPS = 60
+TUNE_SPACE = {
+    "search": "grid",
+    "max_concurrent_trials": 1,
+    "scheduler": {"type": "fifo"},
+    "fixed": {"eval.enabled": True, "eval.every": 0, "eval.max_images": 4, "eval.batch_size": 4,
+              "optim.epochs": 40, "optim.epochs_decay": 0, "optim.max_steps": TUNE_STEPS, "train.num_workers": 1,
+              "checkpoint.every_steps": 10, "checkpoint.max_failures": 2, "checkpoint.num_to_keep": 2,
+              "logging.every_steps": 5, "logging.sample_every_steps": 1000, "logging.tensorboard": False},
+    "params": {"optim.lr": {"grid": [2.0e-4]}},
+}
+
+
+def trial_runs(s3, sweep: str) -> list[str]:
+    """The trials' run directories under ``<sweep>/runs`` in the bucket."""
+    return sorted({f"{sweep}/runs/{k.split('/')[0]}" for k in s3.keys(f"{sweep}/runs") if "/" in k})
+
+
+def trial_placements(address: str, n: int) -> list[str]:
+    """Where ``n`` placement groups of a trial's resources land, one after the other: "head" or "worker"."""
+    import ray
+    from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
+    from ray.util.placement_group import remove_placement_group
+
+    from cutdist.tune.trial import trial_resources
+
+    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    try:
+        heads = {node["NodeID"] for node in ray.nodes() if node["Alive"] and "node:__internal_head__" in
+                 node["Resources"]}
+        out = []
+        for _ in range(n):
+            pg = resource_dict_to_pg_factory(trial_resources()).to_placement_group()
+            ray.get(pg.ready(), timeout=60)
+            out.append("head" if ray.util.placement_group_table(pg)["bundles_to_node_id"][0] in heads else "worker")
+            remove_placement_group(pg)
+        return out
+    finally:
+        ray.shutdown()
+
+
+def test_lost_node_of_a_tune_trial(s3, head, shards, tmp_path):
+    """A sweep (directory in the bucket) whose one trial trains on a worker node; the node is lost once
+    checkpoint 20 of the trial is in the bucket, a replacement joins; the trial resumes from its newest
+    checkpoint in the bucket and the sweep ends with it TERMINATED on the leaderboard."""
+    import pandas as pd
+    import yaml
+
+    sweeps = s3.bucket("cluster-sweeps") + "/tune"
+    sweep = f"{sweeps}/lost"
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump(TUNE_SPACE))
+    log = tmp_path / "sweep.log"
+    cmd = [sys.executable, "-m", "cutdist.tune", "--config", "jobs/smoke.yaml", "--space", str(space_file),
+           "--name", "lost", f"data.root={shards}", f"storage_path={sweeps}"]
+    env = {**os.environ, "RAY_ADDRESS": head.address, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": str(ROOT), "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30"}
+    with ray_worker_node(head.address) as node:   # the only node with a CPU: the trial's worker lands there
+        # the trial's actor (and so its trainer's controller) goes to the head, not to the node about to be lost
+        assert trial_placements(head.address, 4) == ["head"] * 4
+        with log.open("w") as fh:
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        try:
+            def checkpoint_20():
+                runs = trial_runs(s3, sweep)
+                return len(runs) == 1 and (complete_checkpoints(s3, runs[0]) or [0])[-1] >= 20
+            wait_for("checkpoint 20 of the trial in the bucket", checkpoint_20, 300, proc, log)
+            (run,) = trial_runs(s3, sweep)
+            node.kill()
+            newest = complete_checkpoints(s3, run)[-1]
+            with ray_worker_node(head.address):   # a replacement node joins
+                proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = log.read_text()
+    assert proc.returncode == 0, text[-4000:]
+    metrics = metrics_in_bucket(s3, run)
+    record = [(m["step"], m["resumed_from_step"]) for m in metrics]
+    steps = [m["step"] for m in metrics]
+    assert sorted(set(steps)) == list(range(5, TUNE_STEPS + 5, 5)), record   # no gap
+    resumes = sorted({m["resumed_from_step"] for m in metrics})
+    assert resumes[0] == 0 and len(resumes) >= 2, record   # a fresh start, then at least one resume
+    restart = next(i for i, m in enumerate(metrics) if m["resumed_from_step"] != 0)
+    start = metrics[restart]["resumed_from_step"]
+    # the resume started from the newest checkpoint complete in the bucket at the loss (or a later one the lost
+    # worker finished), at most two intervals back (one upload may be in flight), and repeats nothing before it
+    assert start >= newest >= 20 and start % 10 == 0 and metrics[restart - 1]["step"] - 20 <= start, record
+    assert metrics[restart]["step"] == start + 5 and all(m["step"] > start for m in metrics[restart:]), record
+    assert all(a["step"] < b["step"] for a, b in zip(metrics[restart:], metrics[restart + 1:])), record
+    assert "fresh start" in text and s3.secret not in text
+    local = tmp_path / "leaderboard.parquet"
+    local.write_bytes(s3.read(f"{sweep}/leaderboard.parquet"))
+    board = pd.read_parquet(local)
+    assert list(board["status"]) == ["TERMINATED"], board.to_string()
+    row = board.iloc[0]
+    assert row.steps_reached == row.planned_steps == TUNE_STEPS and row.evaluations == 1, board.to_string()

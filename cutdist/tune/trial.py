@@ -8,9 +8,13 @@ result per FID evaluation, with ``checkpoint_path`` the checkpoint measured with
 ``cutdist.tune.cleanup.RecordPlacementGroup``, so the driver can free the workers of a stopped trial.
 
 Resources: the trial itself only waits on its TorchTrainer, so it reserves no CPU, only ``TRIAL_MEMORY`` bytes
-of memory (a Tune placement group needs some resource); the trainer's workers ask for the job's
-``train.num_workers`` x ``train.resources_per_worker`` as usual. ``trials_that_fit`` says how many trials the
-cluster can hold at once.
+of memory (a Tune placement group needs some resource), on the head node (``HEAD_RESOURCE``): Ray starts the
+trainer's controller on the trial actor's node, and a trial actor on a worker node would die with that node,
+failing the trial (seen: with a CPU-less head and two worker nodes, 5 of 8 such placement groups went to a worker
+node). On the head, a lost worker node only takes training workers, which the trainer restarts
+(``checkpoint.max_failures``) from the newest complete checkpoint in the run directory. The trainer's workers
+ask for the job's ``train.num_workers`` x ``train.resources_per_worker`` as usual. ``trials_that_fit`` says how
+many trials the cluster can hold at once.
 """
 from __future__ import annotations
 
@@ -22,11 +26,12 @@ from cutdist.train.launcher import worker_resources
 from cutdist.tune.space import Space
 
 TRIAL_MEMORY = 256 * 1024 * 1024
+HEAD_RESOURCE = "node:__internal_head__"   # 1.0 on the head node only (Ray's own state actors use it the same way)
 RUNS_DIR = "runs"
 
 
 def trial_resources() -> dict[str, float]:
-    return {"cpu": 0, "memory": TRIAL_MEMORY}
+    return {"cpu": 0, "memory": TRIAL_MEMORY, HEAD_RESOURCE: 0.001}
 
 
 def trials_that_fit(cfg: JobConfig, cluster: dict[str, float]) -> int:
