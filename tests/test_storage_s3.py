@@ -175,3 +175,56 @@ def test_newest_complete_checkpoint_in_bucket(s3, tmp_path):
     assert newest_complete_checkpoint(fs, path, known=f"{path}/checkpoint_000000020")[1].endswith("20")
     # Ray registered only 10 (the report of 20 was lost with its node): 20 is found in storage
     assert newest_complete_checkpoint(fs, path, known=f"{path}/checkpoint_000000010")[1].endswith("20")
+
+
+def test_resume_from_a_checkpoint_in_the_bucket(s3, shards_uri, tmp_path, capsys, monkeypatch):
+    """``checkpoint.resume_from=s3://…``: a run directory in the bucket resolves to its newest complete
+    checkpoint (one cut short passed over, Ray's snapshot followed as for a local run directory), the driver
+    reads it before any worker starts, and the loop resumes from it exactly; a missing or incomplete
+    checkpoint is one line and exit 2."""
+    from cutdist.data import resolve_splits
+    from cutdist.train.checkpoint import resolve_resume
+    from cutdist.train.loop import run_local
+    from cutdist.train.preflight import preflight
+
+    overrides = {"data.root": shards_uri, "storage_path": str(tmp_path), "train.num_workers": 1,
+                 "checkpoint.num_to_keep": 5, "logging.sample_every_steps": 1000, "logging.tensorboard": False}
+    cfg = config.load(SMOKE, overrides)
+    splits = resolve_splits(cfg.data)
+    run_local(cfg, splits, run_dir=tmp_path / "straight")
+    run = s3.bucket("resume") + "/runs/straight"
+    s3.upload_dir(tmp_path / "straight", run)
+    storage.write_bytes(f"{run}/checkpoint_000000009/model.pt", b"cut short")   # no train_state.pt
+
+    def resolved(location: str) -> str:
+        return resolve_resume(config.load(SMOKE, {**overrides, "checkpoint.resume_from": location}))
+
+    assert resolved(run) == f"{run}/checkpoint_000000006"
+    assert resolved(f"{run}/checkpoint_000000003/") == f"{run}/checkpoint_000000003"
+    storage.write_bytes(f"{run}/checkpoint_manager_snapshot.json", json.dumps(
+        {"latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_000000003"}}).encode())
+    assert resolved(run) == f"{run}/checkpoint_000000003"
+
+    # the driver's pre-flight, then the loop: steps 4-6 again from the bucket's checkpoint 3, as trained straight
+    job = config.load(SMOKE, {**overrides, "checkpoint.resume_from": run})
+    ready = preflight(job, say=lambda line: None)
+    assert ready.resume_from == f"{run}/checkpoint_000000003"
+    metrics, _ = run_local(job, splits, run_dir=tmp_path / "resumed", resume_from=ready.resume_from)
+    assert metrics["step"] == 6 and metrics["resumed_from_step"] == 3
+    straight = torch.load(tmp_path / "straight" / "checkpoint_000000006" / "model.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "checkpoint_000000006" / "model.pt", weights_only=True)
+    for net in ("g", "d", "f"):
+        for key, value in straight[net].items():
+            torch.testing.assert_close(resumed[net][key], value, rtol=0, atol=0, msg=f"{net}.{key}")
+
+    cases = [
+        (f"{run}-nothing", f"error: checkpoint.resume_from: nothing at {run}-nothing"),
+        (f"{run}/checkpoint_000000009", f"error: checkpoint.resume_from: {run}/checkpoint_000000009: no "
+                                        "train_state.pt (an incomplete checkpoint)"),
+        ("s3://no-such-bucket/runs/x", "error: checkpoint.resume_from: s3://no-such-bucket/runs/x: bucket "
+                                       "'no-such-bucket' does not exist"),
+    ]
+    for location, expected in cases:
+        code, err = run_driver(capsys, monkeypatch, [f"data.root={shards_uri}", f"storage_path={tmp_path}",
+                                                     f"checkpoint.resume_from={location}"])
+        assert code == 2 and len(err) == 1 and err[0].startswith(expected), (location, err)

@@ -40,8 +40,9 @@ import numpy as np
 import torch
 
 from cutdist.config import ConfigError, JobConfig
-from cutdist.model.io import MODEL_FILE, load_model, save_model, write_atomic
+from cutdist.model.io import MODEL_FILE, ModelIOError, load_model, save_model, write_atomic
 from cutdist.model.networks import CUTNets
+from cutdist.redact import redact_uri
 from cutdist.schedule import Position
 
 TRAIN_STATE_FILE = "train_state.pt"
@@ -250,21 +251,34 @@ def check_compatible(saved: dict[str, Any], cfg: JobConfig, where: Path) -> None
 
 # -------------------------------------------------------------------------------------------------- resolve
 
-def resolve_checkpoint(path: str | Path) -> Path:
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"   # Ray Train's list of a run's kept checkpoints
+
+
+def snapshot_latest(text: str) -> str | None:
+    """The latest checkpoint's directory name in Ray's snapshot (None when it names none or is unreadable)."""
+    try:
+        return json.loads(text)["latest_checkpoint_result"]["checkpoint_dir_name"] or None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def resolve_checkpoint(path: str | Path) -> Path | str:
     """A checkpoint directory as given, or a run directory -> its latest checkpoint: the one Ray's snapshot
-    names, else the highest-step ``checkpoint_<step>`` holding both files."""
+    names, else the highest-step ``checkpoint_<step>`` holding both files. Object storage (``s3://``,
+    ``gs://``): the same rule by listing, and the checkpoint's URI is returned (``fetch`` copies it locally)."""
+    from cutdist import storage
+
+    if storage.is_object_store(str(path)):
+        return _resolve_in_bucket(str(path).rstrip("/"))
     path = Path(path).expanduser()
     if not path.exists():
         raise CheckpointError(f"checkpoint.resume_from: no such file or directory {path}")
     if is_checkpoint_dir(path):
         return path
     # A Ray Train run directory: its snapshot names the latest checkpoint that was completely persisted.
-    snapshot = path / "checkpoint_manager_snapshot.json"
+    snapshot = path / SNAPSHOT_FILE
     if snapshot.is_file():
-        try:
-            latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]["checkpoint_dir_name"]
-        except (ValueError, KeyError, TypeError):
-            latest = None
+        latest = snapshot_latest(snapshot.read_text())
         if latest and is_checkpoint_dir(path / latest):
             return path / latest
     candidates = []
@@ -279,14 +293,74 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return max(candidates)[1]
 
 
+def _resolve_in_bucket(uri: str) -> str:
+    """``resolve_checkpoint`` for a URI: objects under it are listed, nothing is downloaded."""
+    from cutdist import storage
+
+    try:
+        names = set(storage.list_names(uri, recursive=True))
+        snapshot = storage.read_bytes(storage.join(uri, SNAPSHOT_FILE)).decode() if SNAPSHOT_FILE in names else ""
+    except (OSError, ValueError) as err:   # StorageError is a ValueError
+        raise CheckpointError(f"checkpoint.resume_from: {redact_uri(uri)}: {storage.reason(err)}") from None
+
+    def complete(name: str) -> bool:
+        return f"{name}/{MODEL_FILE}" in names and f"{name}/{TRAIN_STATE_FILE}" in names
+
+    if not names:
+        raise CheckpointError(f"checkpoint.resume_from: nothing at {redact_uri(uri)}")
+    if MODEL_FILE in names or TRAIN_STATE_FILE in names:
+        if MODEL_FILE in names and TRAIN_STATE_FILE in names:
+            return uri
+        missing = TRAIN_STATE_FILE if MODEL_FILE in names else MODEL_FILE
+        raise CheckpointError(f"checkpoint.resume_from: {redact_uri(uri)}: no {missing} (an incomplete checkpoint)")
+    latest = snapshot_latest(snapshot) if snapshot else None
+    if latest and complete(latest):
+        return storage.join(uri, latest)
+    steps = sorted((step, name) for name in {n.split("/")[0] for n in names}
+                   if (step := checkpoint_step(name)) is not None and complete(name))
+    if not steps:
+        raise CheckpointError(f"checkpoint.resume_from: {redact_uri(uri)} is neither a checkpoint (with "
+                              f"{MODEL_FILE} and {TRAIN_STATE_FILE}) nor a run directory holding complete "
+                              f"{CHECKPOINT_PREFIX}<step> checkpoints")
+    return storage.join(uri, steps[-1][1])
+
+
+def fetch(location: str | Path) -> Path:
+    """A resolved checkpoint as a local directory: a local one as it is; one in object storage copied (its
+    files) into a new temporary directory, kept for the life of the process (read once, at the start)."""
+    from cutdist import storage
+
+    if not storage.is_object_store(str(location)):
+        return Path(location)
+    local = Path(tempfile.mkdtemp(prefix="cutdist_resume_"))
+    for name in (MODEL_FILE, TRAIN_STATE_FILE, METRICS_FILE):
+        try:
+            storage.download(storage.join(str(location), name), local / name)
+        except OSError as err:
+            if name != METRICS_FILE:   # metrics.json is for people: optional
+                raise CheckpointError(f"checkpoint.resume_from: {redact_uri(str(location))}/{name}: "
+                                      f"{storage.reason(err)}") from None
+    return local
+
+
 def resolve_resume(cfg: JobConfig) -> str:
-    """``checkpoint.resume_from`` -> the checkpoint directory to start from ("" when unset), validated for this
-    job by ``read_checkpoint``. Raises ``CheckpointError`` / ``ConfigError`` / ``ModelIOError`` naming the key."""
+    """``checkpoint.resume_from`` -> the checkpoint directory (or object-storage URI) to start from ("" when
+    unset), validated for this job by ``read_checkpoint``. Raises ``CheckpointError`` / ``ConfigError`` /
+    ``ModelIOError`` naming the key."""
     if not cfg.checkpoint.resume_from:
         return ""
     ckpt = resolve_checkpoint(cfg.checkpoint.resume_from)
-    read_checkpoint(ckpt, cfg, mmap=True)   # readable, the right format and architecture, before any worker starts
-    return str(ckpt)
+    if isinstance(ckpt, Path):
+        read_checkpoint(ckpt, cfg, mmap=True)   # readable, the right format and architecture, before any worker
+        return str(ckpt)
+    local = fetch(ckpt)   # the driver reads it as the workers will (each worker fetches its own copy)
+    try:
+        read_checkpoint(local, cfg, mmap=True)
+    except (CheckpointError, ConfigError, ModelIOError) as err:   # name the URI, not the temporary copy
+        raise type(err)(str(err).replace(str(local), redact_uri(ckpt))) from None
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+    return ckpt
 
 
 def best_checkpoint(result: Any) -> tuple[str | None, dict | None]:

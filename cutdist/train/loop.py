@@ -62,7 +62,11 @@ def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from
     seed_everything(cfg.train.seed)
     sincut = cfg.model.mode == "sincut"   # one image per domain: cutdist.train.sincut's feed, step and evaluation
     images = sincut_mode.load_images(cfg, splits) if sincut else None
-    ckpt_dir = ctx.resume_checkpoint() or (Path(resume_from) if resume_from else None)
+    # a restart's newest checkpoint, else checkpoint.resume_from (in object storage: copied here first)
+    ckpt_dir = ctx.resume_checkpoint()
+    source = ckpt_dir
+    if ckpt_dir is None and resume_from:
+        ckpt_dir, source = checkpoint.fetch(resume_from), resume_from
     restored = checkpoint.read_checkpoint(ckpt_dir, cfg) if ckpt_dir else None
     strategy = build_models(cfg, ctx, restored)
     pos, best_fid = (restored.position, restored.best_fid) if restored else (Position(), None)
@@ -70,7 +74,7 @@ def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from
     sched = Schedule.of(cfg, cfg.data.sincut_epoch_size if sincut else splits.epoch_size, ctx.world_size)
     rank0 = ctx.rank == 0
     if rank0:
-        origin = f"resumed from {ckpt_dir} at step {pos.step} (epoch {pos.epoch})" if restored else "fresh start"
+        origin = f"resumed from {source} at step {pos.step} (epoch {pos.epoch})" if restored else "fresh start"
         say(f"[cutdist.train] {cfg.train.strategy} x{ctx.world_size} on {ctx.device}: {sched.steps_per_epoch} "
             f"steps/epoch, {sched.total_steps} steps in all; {origin}")
     logger = RunLogger(logs_dir, tensorboard=cfg.logging.tensorboard, total_steps=sched.total_steps,
