@@ -228,3 +228,27 @@ def test_resume_from_a_checkpoint_in_the_bucket(s3, shards_uri, tmp_path, capsys
         code, err = run_driver(capsys, monkeypatch, [f"data.root={shards_uri}", f"storage_path={tmp_path}",
                                                      f"checkpoint.resume_from={location}"])
         assert code == 2 and len(err) == 1 and err[0].startswith(expected), (location, err)
+
+
+def test_sincut_translated_image_lands_in_the_bucket(s3, tmp_path):
+    """SinCUT's evaluation (the whole image A translated) is copied into a run directory in the bucket with
+    the samples, and its metric names the copy there."""
+    from cutdist.data.synth_single import write_single_pair
+    from cutdist.train.context import LocalContext
+    from cutdist.train.loop import run_training
+    from cutdist.train.preflight import preflight
+
+    a, b = write_single_pair(tmp_path / "pair", size=(40, 48))
+    cfg = config.from_dict({
+        "model.mode": "sincut", "model.ngf": 1, "model.ndf": 4, "model.n_blocks": 2, "model.netf_nc": 16,
+        "loss.nce_layers": [0, 2, 3], "data.image_a": a, "data.image_b": b, "data.crop_size": 16,
+        "data.batch_size": 4, "data.sincut_epoch_size": 12, "optim.epochs": 1, "optim.epochs_decay": 0,
+        "checkpoint.every_steps": 0, "logging.every_steps": 1, "logging.sample_every_steps": 3,
+        "logging.tensorboard": False, "eval.every": 1, "storage_path": str(tmp_path / "runs")})
+    splits = preflight(cfg, say=lambda line: None).splits
+    run = s3.bucket("sincut") + "/runs/one"
+    ctx = LocalContext(run_dir=tmp_path / "checkpoints", num_to_keep=1, device=torch.device("cpu"))
+    metrics = run_training(ctx, cfg, splits, logs_dir=tmp_path / "logs", logs_mirror=run)
+    assert metrics["step"] == 3 and metrics["translated_image"] == f"{run}/samples/translated_000000003.png"
+    for name in ("translated_000000003.png", "translated_latest.png"):
+        assert s3.read(f"{run}/samples/{name}") == (tmp_path / "logs" / "samples" / name).read_bytes(), name

@@ -98,6 +98,14 @@ class RunLogger:
             self._push_all()
         return path
 
+    def add_file(self, path: Path) -> str:
+        """A file written under the logs directory by someone else (SinCUT's translated image) copied to the
+        mirror like the samples; returns where it ends up (its URI with a mirror, else the local path)."""
+        if self.mirror is None:
+            return str(path)
+        self.mirror.push(path)
+        return self.mirror.remote(path)
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()

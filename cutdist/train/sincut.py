@@ -7,7 +7,8 @@
 - the step: ``sincut_step`` (R1 every step, identity L1) with this (rank, step)'s patch generator;
 - the evaluation: one image has no FID; rank 0 translates the whole image A (sides rounded to x4, bilinear, noise
   seeded by the step) and writes it beside the sample grids (``samples/translated_<step>.png`` and
-  ``samples/translated_latest.png``, also to TensorBoard);
+  ``samples/translated_latest.png``, also to TensorBoard; copied into a run directory in object storage like
+  the samples);
 - the sample grid: four fixed crops of A and of B (the first crops of epoch 0), the same at every sample step.
 """
 from __future__ import annotations
@@ -103,7 +104,10 @@ class WholeImageEvaluator:
         path = self.samples / f"translated_{step:09d}.png"
         Image.fromarray(array).save(path)
         Image.fromarray(array).save(self.samples / "translated_latest.png")
-        if self.logger is not None and self.logger.writer is not None:
+        if self.logger is None:
+            return {"translated_image": str(path)}
+        if self.logger.writer is not None:
             self.logger.writer.add_image("translated", array, step, dataformats="HWC")
             self.logger.writer.flush()
-        return {"translated_image": str(path)}
+        self.logger.add_file(self.samples / "translated_latest.png")   # run directory in a bucket: copied there
+        return {"translated_image": self.logger.add_file(path)}
