@@ -128,15 +128,13 @@ class Space:
     def search_alg(self, max_concurrent: int):
         """The search algorithm, running at most ``max_concurrent`` trials at once (metric and mode come from
         the TuneConfig)."""
-        from ray.tune.search import ConcurrencyLimiter
+        from cutdist.tune.searcher import ConsistentOptunaSearch, ConsistentVariantGenerator
 
-        from cutdist.tune.searcher import ConsistentVariantGenerator
-
-        if self.search == "optuna":
+        if self.search == "optuna":   # limits concurrency itself and mends a stale saved state on resume
             from optuna.samplers import TPESampler
-            from ray.tune.search.optuna import OptunaSearch
 
-            return ConcurrencyLimiter(OptunaSearch(sampler=TPESampler(seed=self.seed)), max_concurrent=max_concurrent)
+            return ConsistentOptunaSearch(sampler=TPESampler(seed=self.seed), max_concurrent=max_concurrent,
+                                          num_samples=self.num_samples)
         # random and grid: Tune's variant generator (grid values crossed, the rest sampled) takes the limit itself;
         # this one also mends a stale saved state on resume (see cutdist.tune.searcher)
         return ConsistentVariantGenerator(random_state=self.seed, max_concurrent=max_concurrent)
