@@ -20,3 +20,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A real S3 API server for the module that asks for it (tests/s3_server.py), with the standard AWS
+    environment set for this process and every process it starts (Ray nodes, drivers) while the module runs."""
+    from s3_server import environment, s3_server
+
+    with s3_server() as server, environment(server.env):
+        yield server

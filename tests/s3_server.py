@@ -5,6 +5,7 @@ its access key (moto checks request signatures once ``INITIAL_NO_AUTH_ACTION_COU
 spent, so a wrong secret is denied as it would be on AWS), and yields an ``S3`` whose ``env`` is the standard
 AWS environment a user would set (``AWS_ENDPOINT_URL``, keys, region). cutdist's code reaches it exactly as it
 reaches AWS: pyarrow's ``FileSystem.from_uri`` reading that environment. Stopped by its pid.
+The module-scoped ``s3`` fixture (tests/conftest.py) starts one per test module with that environment set.
 """
 from __future__ import annotations
 
@@ -54,6 +55,17 @@ class S3:
         for path in sorted(Path(local).rglob("*")):
             if path.is_file():
                 client.upload_file(str(path), bucket, f"{prefix.rstrip('/')}/{path.relative_to(local).as_posix()}")
+
+    def synth_shards(self, bucket: str, prefix: str, local: Path, *, count: int, test_count: int = 4,
+                     size: int = 32) -> str:
+        """A synthetic dataset (``cutdist.data.synth``) written to ``local`` and uploaded to a new bucket;
+        returns ``s3://bucket/prefix``."""
+        from cutdist.data.synth import write_synth_dataset
+
+        write_synth_dataset(local, size=size, count=count, test_count=test_count, seed=0)
+        uri = f"{self.bucket(bucket)}/{prefix.strip('/')}"
+        self.upload_dir(local, uri)
+        return uri
 
     def keys(self, uri: str) -> list[str]:
         bucket, _, prefix = uri.removeprefix("s3://").partition("/")

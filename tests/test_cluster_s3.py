@@ -29,18 +29,11 @@ from pathlib import Path
 import pytest
 
 from ray_head import ray_head, ray_worker_node
-from s3_server import environment, s3_server
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 160   # long enough on one worker for the replacement node to join and the group to grow back
-
-
-@pytest.fixture(scope="module")
-def s3():
-    with s3_server() as server, environment(server.env):
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +44,14 @@ def head(s3):
 
 @pytest.fixture(scope="module")
 def shards(s3, tmp_path_factory):
-    from cutdist.data.synth import write_synth_dataset
+    return s3.synth_shards("cluster-data", "shards/smoke", tmp_path_factory.mktemp("shards"), count=16)
 
-    local = tmp_path_factory.mktemp("shards")
-    write_synth_dataset(local, size=32, count=16, test_count=4, seed=0)
-    uri = s3.bucket("cluster-data") + "/shards/smoke"
-    s3.upload_dir(local, uri)
-    return uri
+
+def driver_env(address: str) -> dict[str, str]:
+    """A driver's environment (``python -m cutdist.train`` / ``cutdist.tune``) for the module's cluster."""
+    # a restarted worker group waits this long for workers on the lost node before counting the nodes again
+    return {**os.environ, "RAY_ADDRESS": address, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": str(ROOT), "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30"}
 
 
 def metrics_in_bucket(s3, run: str) -> list[dict]:
@@ -101,9 +95,7 @@ def test_lost_node_elastic_shrink_and_regrow(s3, head, shards, tmp_path):
                "optim.epochs=40", "optim.epochs_decay=0", f"optim.max_steps={STEPS}", "checkpoint.every_steps=10",
                "checkpoint.max_failures=3", "checkpoint.num_to_keep=2", "logging.every_steps=5",
                "logging.sample_every_steps=50"]
-        # the group's restart waits this long for workers on the lost node before counting the nodes again
-        env = {**os.environ, "RAY_ADDRESS": head.address, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1",
-               "PYTHONPATH": str(ROOT), "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30"}
+        env = driver_env(head.address)
         with log.open("w") as fh:
             proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env)
         try:
@@ -217,8 +209,7 @@ def test_lost_node_of_a_tune_trial(s3, head, shards, tmp_path):
     log = tmp_path / "sweep.log"
     cmd = [sys.executable, "-m", "cutdist.tune", "--config", "jobs/smoke.yaml", "--space", str(space_file),
            "--name", "lost", f"data.root={shards}", f"storage_path={sweeps}"]
-    env = {**os.environ, "RAY_ADDRESS": head.address, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": str(ROOT), "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30"}
+    env = driver_env(head.address)
     with ray_worker_node(head.address) as node:   # the only node with a CPU: the trial's worker lands there
         # the trial's actor (and so its trainer's controller) goes to the head, not to the node about to be lost
         assert trial_placements(head.address, 4) == ["head"] * 4

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from s3_server import environment, s3_server
+from s3_server import environment
 
 from cutdist import config, storage
 
@@ -19,20 +19,8 @@ SMOKE = ROOT / "jobs" / "smoke.yaml"
 
 
 @pytest.fixture(scope="module")
-def s3():
-    with s3_server() as server, environment(server.env):
-        yield server
-
-
-@pytest.fixture(scope="module")
 def shards_uri(s3, tmp_path_factory):
-    from cutdist.data.synth import write_synth_dataset
-
-    local = tmp_path_factory.mktemp("shards")
-    write_synth_dataset(local, size=32, count=8, test_count=4, seed=0)
-    uri = s3.bucket("data") + "/shards/smoke"
-    s3.upload_dir(local, uri)
-    return uri
+    return s3.synth_shards("data", "shards/smoke", tmp_path_factory.mktemp("shards"), count=8)
 
 
 def test_storage_round_trip(s3, tmp_path):
@@ -66,12 +54,14 @@ def test_shards_stream_from_the_bucket(shards_uri):
 def test_missing_shard_in_bucket_is_named(s3, shards_uri):
     from cutdist.data import DataError, resolve_splits
 
-    s3.client().delete_object(Bucket="data", Key="shards/smoke/testB-000000.tar")
+    key = "shards/smoke/testB-000000.tar"
+    original = s3.read(f"s3://data/{key}")
+    s3.client().delete_object(Bucket="data", Key=key)
     try:
         with pytest.raises(DataError, match=r"shard s3://data/shards/smoke/testB-000000.tar of split testB"):
             resolve_splits(config.load(SMOKE, {"data.root": shards_uri}).data)
-    finally:
-        s3.client().upload_fileobj(__import__("io").BytesIO(b""), "data", "shards/smoke/testB-000000.tar")
+    finally:   # put back as it was: later tests of this module train on these shards
+        s3.client().put_object(Bucket="data", Key=key, Body=original)
 
 
 def run_driver(capsys, monkeypatch, overrides: list[str]) -> tuple[int, list[str]]:

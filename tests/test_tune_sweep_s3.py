@@ -28,7 +28,6 @@ import pytest
 import yaml
 
 from ray_head import ray_head
-from s3_server import environment, s3_server
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -44,12 +43,6 @@ SPACE = {
               "logging.tensorboard": False},
     "params": {"optim.lr": {"grid": LRS}},
 }
-
-
-@pytest.fixture(scope="module")
-def s3():
-    with s3_server() as server, environment(server.env):
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +71,7 @@ def result_lines(s3, sweep: str, trial_id: str) -> int:
 def test_resume_of_a_sweep_in_the_bucket(s3, head, tmp_path):
     import pandas as pd
 
-    from cutdist.data.synth import write_synth_dataset
-
-    write_synth_dataset(tmp_path / "shards", size=32, count=4, test_count=4, seed=0)
-    shards = s3.bucket("sweep-data") + "/shards"
-    s3.upload_dir(tmp_path / "shards", shards)
+    shards = s3.synth_shards("sweep-data", "shards", tmp_path / "shards", count=4)
     sweeps = s3.bucket("sweeps") + "/tune"
     sweep = f"{sweeps}/lr-grid"
     space_file = tmp_path / "lr_grid.yaml"
