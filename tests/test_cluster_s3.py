@@ -244,7 +244,8 @@ def test_lost_node_of_a_tune_trial(s3, head, shards, tmp_path):
     assert start >= newest >= 20 and start % 10 == 0 and metrics[restart - 1]["step"] - 20 <= start, record
     assert metrics[restart]["step"] == start + 5 and all(m["step"] > start for m in metrics[restart:]), record
     assert all(a["step"] < b["step"] for a, b in zip(metrics[restart:], metrics[restart + 1:])), record
-    assert "fresh start" in text and s3.secret not in text
+    assert "fresh start" in text and f"resumed from {run}/checkpoint_{start:09d} at step {start}" in text
+    assert s3.secret not in text
     local = tmp_path / "leaderboard.parquet"
     local.write_bytes(s3.read(f"{sweep}/leaderboard.parquet"))
     board = pd.read_parquet(local)

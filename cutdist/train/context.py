@@ -29,6 +29,8 @@ class WorkerContext:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
 
+    resume_source: str | None = None   # where resume_checkpoint's directory came from, for the log (a URI)
+
     def resume_checkpoint(self) -> Path | None:
         """The checkpoint the runtime restored after a failure (None on a fresh start)."""
         raise NotImplementedError
@@ -103,6 +105,7 @@ class RayContext(WorkerContext):
         # the life of the worker (the loop reads it once, right away).
         if type(fs).__name__ == "LocalFileSystem":
             return Path(path)
+        self.resume_source = f"{fs.type_name}://{path}"   # s3://bucket/... (gcs:// for Google's)
         return Path(checkpoint.to_directory())
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, step: int, *,

@@ -64,7 +64,7 @@ def run_training(ctx: WorkerContext, cfg: JobConfig, splits: Any, *, resume_from
     images = sincut_mode.load_images(cfg, splits) if sincut else None
     # a restart's newest checkpoint, else checkpoint.resume_from (in object storage: copied here first)
     ckpt_dir = ctx.resume_checkpoint()
-    source = ckpt_dir
+    source = ctx.resume_source or ckpt_dir
     if ckpt_dir is None and resume_from:
         ckpt_dir, source = checkpoint.fetch(resume_from), resume_from
     restored = checkpoint.read_checkpoint(ckpt_dir, cfg) if ckpt_dir else None
