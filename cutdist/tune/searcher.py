@@ -126,7 +126,9 @@ class ConsistentOptunaSearch(OptunaSearch):
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._ot_trials:
+        # a trial the study does not hold, or has already been told the end of (an errored trial run again
+        # with --retry-errored), has nowhere to report to
+        if trial_id in self._ot_trials and trial_id not in self._completed_trials:
             super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
