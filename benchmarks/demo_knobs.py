@@ -1,13 +1,16 @@
 """Which knobs make the demo keep shapes and backgrounds? A cheap single-process proxy for `make demo`.
 
-    python benchmarks/demo_knobs.py NAME STEPS DECAY_FRACTION '{"optim.lr": 4e-4}' [--out DIR]
+    python benchmarks/demo_knobs.py NAME STEPS DECAY_FRACTION '{"optim.lr": 4e-4}' [--renderer 1|2] [--out DIR]
 
-Trains the demo's CUT (jobs/demo.yaml's model and loss: ngf/ndf 16, 6 blocks, lambda_X 10 with identity
-PatchNCE, taps 0-16, 64 patches) on 400 synthetic training images per domain, batch 2 (= the demo's 2 workers x
-batch 1), resize 72 -> random crop 64 + flip, one thread; the lr is constant for the first (1 - DECAY_FRACTION)
-of STEPS, then decays linearly to 0. The JSON argument overrides config keys (plus ``bs`` for the batch). Every
-STEPS/4 steps it prints the paired error of G on the 64 test images vs their ground truth
-(``cutdist.eval.paired.translation_quality``, as the demo prints) and the wall time; at the end it writes
+Trains the demo's CUT (jobs/demo.yaml's model and loss: ngf/ndf 8, 4 blocks, 2-layer PatchGAN, strided convs,
+the CUT preset lambda_X 1 with identity PatchNCE, taps 0-12, 64 patches, lr 2e-4) on 400 synthetic training
+images per domain (``--renderer``: the synthetic renderer version, default the current one), batch 2 (= the
+demo's 2 workers x batch 1), resize 72 -> random crop 64 + flip, one thread; the lr is constant for the first
+(1 - DECAY_FRACTION) of STEPS, then decays linearly to 0. The JSON argument overrides config keys (plus ``bs``
+for the batch); the previous demo was '{"model.ngf": 16, "model.ndf": 16, "model.n_blocks": 6,
+"model.n_layers_d": 3, "model.antialias": true, "loss.nce_layers": [0, 4, 8, 12, 16], "loss.lambda_x": 10,
+"optim.lr": 8e-4}'. Every STEPS/4 steps it prints the paired error of G on the 64 test images vs their ground
+truth (``cutdist.eval.paired.translation_quality``, as the demo prints) and the wall time; at the end it writes
 ``NAME.json`` (that history) and ``NAME.pt`` (G's weights) to --out. Not the demo itself: no Ray, no DDP, no
 shards, so its numbers differ from the demo's at the same settings (compare trials with each other).
 """
@@ -23,14 +26,14 @@ import torch
 import torch.nn.functional as F
 
 from cutdist import config
-from cutdist.data.synth import synth_image, synth_test_pair
+from cutdist.data.synth import RENDERER_VERSION, synth_image, synth_test_pair
 from cutdist.eval.paired import translation_quality
 from cutdist.model.cut import LocalUpdater, cut_step, make_optimizers
 from cutdist.model.networks import build_nets
 
-DEMO = {"model.mode": "cut", "model.ngf": 16, "model.ndf": 16, "model.n_blocks": 6, "model.netf_nc": 64,
-        "loss.lambda_x": 10, "loss.nce_layers": [0, 4, 8, 12, 16], "loss.num_patches": 64, "optim.lr": 8e-4,
-        "data.root": "unused"}
+DEMO = {"model.mode": "cut", "model.ngf": 8, "model.ndf": 8, "model.n_blocks": 4, "model.n_layers_d": 2,
+        "model.antialias": False, "model.netf_nc": 64, "loss.lambda_x": 1, "loss.nce_layers": [0, 4, 8, 12],
+        "loss.num_patches": 64, "optim.lr": 2e-4, "data.root": "unused"}
 TRAIN_IMAGES, TEST_IMAGES, SIZE, LOAD = 400, 64, 64, 72
 
 
@@ -44,6 +47,7 @@ def main() -> None:
     p.add_argument("steps", type=int)
     p.add_argument("decay_fraction", type=float)
     p.add_argument("overrides", nargs="?", default="{}")
+    p.add_argument("--renderer", type=int, default=RENDERER_VERSION, help="synthetic renderer version (1 or 2)")
     p.add_argument("--out", default=".")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -52,11 +56,11 @@ def main() -> None:
     cfg = config.from_dict(raw)
 
     def domain(d: str) -> torch.Tensor:
-        x = torch.stack([_tensor(synth_image(0, "train", d, i, SIZE)) for i in range(TRAIN_IMAGES)])
+        x = torch.stack([_tensor(synth_image(0, "train", d, i, SIZE, args.renderer)) for i in range(TRAIN_IMAGES)])
         return F.interpolate(x, size=LOAD, mode="bilinear", align_corners=False)
 
     train_a, train_b = domain("A"), domain("B")
-    pairs = [synth_test_pair(0, i, SIZE) for i in range(TEST_IMAGES)]
+    pairs = [synth_test_pair(0, i, SIZE, args.renderer) for i in range(TEST_IMAGES)]
     test_a = torch.stack([_tensor(a) for a, _ in pairs])
     gt01 = (torch.stack([_tensor(g) for _, g in pairs]) + 1) / 2
 
@@ -99,6 +103,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.save(nets.g.state_dict(), out / f"{args.name}.pt")
     (out / f"{args.name}.json").write_text(json.dumps({"name": args.name, "overrides": json.loads(args.overrides),
+                                                       "renderer": args.renderer,
                                                        "steps": args.steps, "history": history}, indent=1))
 
 

@@ -89,7 +89,7 @@ def test_lost_node_elastic_shrink_and_regrow(s3, head, shards, tmp_path):
     runs = s3.bucket("cluster-runs") + "/runs"
     run = f"{runs}/elastic"
     log = tmp_path / "driver.log"
-    with ray_worker_node(head.address) as node_a, ray_worker_node(head.address) as node_b:
+    with ray_worker_node(head.address), ray_worker_node(head.address) as node_b:
         cmd = [sys.executable, "-m", "cutdist.train", "--config", "jobs/smoke.yaml", f"data.root={shards}",
                f"storage_path={runs}", "name=elastic", "train.num_workers=[1,2]", "train.elastic_resize_s=4",
                "optim.epochs=40", "optim.epochs_decay=0", f"optim.max_steps={STEPS}", "checkpoint.every_steps=10",

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -61,3 +64,51 @@ def test_refuses_to_overwrite_and_bad_arguments(tmp_path):
         write_synth_dataset(tmp_path / "demo", **SMALL)
     with pytest.raises(DataError, match="--count"):
         write_synth_dataset(tmp_path / "x", count=0)
+
+
+def test_demo_shards_of_another_renderer_are_refused_with_one_line(tmp_path):
+    from cutdist.config import DataConfig
+    from cutdist.data.splits import resolve_splits
+    from cutdist.data.synth import RENDERER_VERSION, SYNTH_RECORD, stale_demo_shards
+
+    root = write_synth_dataset(tmp_path / "demo", **SMALL)
+    record = root / SYNTH_RECORD
+    assert json.loads(record.read_text())["renderer_version"] == RENDERER_VERSION
+    assert stale_demo_shards(root) is None
+    cfg = DataConfig(root=str(root), synth_if_missing=True)
+    assert resolve_splits(cfg).train_a   # the current renderer's shards are used as they are
+
+    record.unlink()   # shards written before the record existed: version 1
+    with pytest.raises(DataError) as err:
+        resolve_splits(cfg)
+    assert str(root) in str(err.value) and "version 1" in str(err.value) and "delete" in str(err.value)
+    assert (root / "manifest.parquet").is_file()   # nothing deleted on the user's behalf
+
+    record.write_text(json.dumps({"renderer_version": RENDERER_VERSION + 1}))
+    assert f"version {RENDERER_VERSION + 1}" in stale_demo_shards(root)
+
+
+def test_a_users_own_shards_are_not_taken_for_demo_shards(tmp_path):
+    from cutdist.data.synth import stale_demo_shards
+
+    root = write_synth_dataset(tmp_path / "own", **SMALL)
+    (root / "synth.json").unlink()
+    rows = _manifest(root)
+    pq.write_table(pq.read_table(root / "manifest.parquet").filter(
+        pa.compute.not_equal(pa.compute.field("split"), "testGT")), root / "manifest.parquet")
+    assert len(_manifest(root)) == len(rows) - 3
+    assert stale_demo_shards(root) is None
+
+
+def test_backgrounds_come_from_the_sky_ground_palette():
+    """Renderer version 2: every background's top is sky-coloured and its bottom ground-coloured (see the module)."""
+    from cutdist.data.synth import GROUND, PALETTE_JITTER, SKY, draw_scene, render_mask, scene_rng
+
+    for index in range(20):
+        scene = draw_scene(scene_rng(0, "train", "A", index), 64)
+        image = synth_image(0, "train", "A", index, 64).astype(float) / 255
+        outside = ~render_mask(scene)
+        top, bottom = outside.copy(), outside.copy()
+        top[8:], bottom[:-8] = False, False
+        assert np.abs(image[top].mean(0) - SKY).max() < PALETTE_JITTER + 0.1, index
+        assert np.abs(image[bottom].mean(0) - GROUND).max() < PALETTE_JITTER + 0.1, index

@@ -89,9 +89,15 @@ def probe(url: str, key: str) -> None:
 
 def _synthesise_if_missing(data_cfg) -> None:
     root = data_cfg.root
-    if not data_cfg.synth_if_missing or not root or is_url(root) or (local_path(root) / "manifest.parquet").is_file():
+    if not data_cfg.synth_if_missing or not root or is_url(root):
         return
-    from cutdist.data.synth import write_synth_dataset
+    from cutdist.data.synth import stale_demo_shards, write_synth_dataset
+
+    if (local_path(root) / "manifest.parquet").is_file():
+        problem = stale_demo_shards(local_path(root)) if data_cfg.synth_kind == "shapes" else None
+        if problem:
+            raise DataError(problem)
+        return
 
     try:
         if data_cfg.synth_kind == "single_pair":

@@ -1,21 +1,35 @@
 """The demo domains: flat-coloured shapes (A) -> the same family of shapes with zebra stripes (B).
 
 Everything is drawn procedurally from a seed, so the demo and the tests need no download. Each image is one
-smooth shape (ellipse, rounded box, triangle or blob) on a varied background (a two-colour gradient with
-low-frequency mottling). Domain A fills the shape with one flat colour; domain B fills it with black/white
-stripes of a random orientation and period. For the test split, every A image also gets its ground truth:
-the same scene (same background, same shape) with the stripes, so translation quality can be measured.
+smooth shape (ellipse, rounded box, triangle or blob) on a landscape-like background: a gradient from a sky
+colour to a ground colour (each jittered per image, the gradient's direction within ~35 degrees of vertical)
+with low-frequency mottling. Domain A fills the shape with one flat, saturated colour of any hue; domain B
+fills it with black/white stripes of a random orientation and period. For the test split, every A image also
+gets its ground truth: the same scene (same background, same shape) with the stripes, so translation quality
+can be measured.
+
+Why the backgrounds share a palette (renderer version 2): the paper's ResNet generator instance-normalises
+right after its first convolution, which removes every image's mean colour and contrast; what it outputs in
+their place comes from what it learned to expect, as for photos (sky is blue). Version 1 drew both background
+colours uniformly at random, which no such generator can reproduce: trained only to copy its input (an L1
+auto-encoder, 1,200 steps) the demo's G still missed the low-frequency colours by 0.12; with this palette
+0.07, and the demo's CUT halves its paired error (README, "What the demo ends with").
 
 The renderers here are pure numpy; writing them as shards is ``write_synth_dataset`` below.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 SUPERSAMPLE = 2   # render at 2x and downsample for smooth edges
+RENDERER_VERSION = 2   # bump when the same seed draws different images; demo shards record it in SYNTH_RECORD
+SYNTH_RECORD = "synth.json"
+SKY, GROUND, PALETTE_JITTER = np.array([0.55, 0.72, 0.92]), np.array([0.42, 0.62, 0.30]), 0.07
 
 
 @dataclass
@@ -42,12 +56,22 @@ class Scene:
 SHAPES = ("ellipse", "box", "triangle", "blob")
 
 
-def draw_scene(rng: np.random.Generator, size: int) -> Scene:
-    hue_pair = rng.uniform(0.25, 0.95, size=(2, 3))
-    fill = _saturated_colour(rng)
+def draw_scene(rng: np.random.Generator, size: int, renderer: int = RENDERER_VERSION) -> Scene:
+    """``renderer`` 1 (random background colours, any gradient direction) is kept to reproduce the README's trials."""
+    if renderer == 1:
+        bg_a, bg_b = rng.uniform(0.25, 0.95, size=(2, 3))
+        fill = _saturated_colour(rng)
+        bg_angle = float(rng.uniform(0, 2 * np.pi))
+    elif renderer == 2:
+        bg_a = np.clip(SKY + rng.uniform(-PALETTE_JITTER, PALETTE_JITTER, 3), 0, 1)
+        bg_b = np.clip(GROUND + rng.uniform(-PALETTE_JITTER, PALETTE_JITTER, 3), 0, 1)
+        fill = _saturated_colour(rng)
+        bg_angle = float(np.pi / 2 + rng.uniform(-0.6, 0.6))   # pi/2: sky on top
+    else:
+        raise ValueError(f"renderer: 1 or 2, got {renderer!r}")
     return Scene(
         size=size,
-        bg_a=hue_pair[0], bg_b=hue_pair[1], bg_angle=float(rng.uniform(0, 2 * np.pi)),
+        bg_a=bg_a, bg_b=bg_b, bg_angle=bg_angle,
         mottle=rng.normal(0, 0.06, size=(4, 4, 3)),
         shape=str(rng.choice(SHAPES)),
         cx=float(rng.uniform(0.35, 0.65)), cy=float(rng.uniform(0.35, 0.65)),
@@ -135,13 +159,15 @@ def scene_rng(seed: int, split: str, domain: str, index: int) -> np.random.Gener
     return np.random.default_rng([seed, tag, index])
 
 
-def synth_image(seed: int, split: str, domain: str, index: int, size: int) -> np.ndarray:
-    return render(draw_scene(scene_rng(seed, split, domain, index), size), domain)
+def synth_image(seed: int, split: str, domain: str, index: int, size: int,
+                renderer: int = RENDERER_VERSION) -> np.ndarray:
+    return render(draw_scene(scene_rng(seed, split, domain, index), size, renderer), domain)
 
 
-def synth_test_pair(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+def synth_test_pair(seed: int, index: int, size: int,
+                    renderer: int = RENDERER_VERSION) -> tuple[np.ndarray, np.ndarray]:
     """A test image of domain A and its ground-truth translation (same scene, striped)."""
-    scene = draw_scene(scene_rng(seed, "test", "A", index), size)
+    scene = draw_scene(scene_rng(seed, "test", "A", index), size, renderer)
     return render(scene, "A"), render(scene, "B")
 
 
@@ -191,4 +217,30 @@ def write_synth_dataset(out_dir, *, size: int = 64, count: int = 400, test_count
             for split, data in rendered:
                 writer.add(split, EncodedImage(f"{index:06d}", "png", data, size, size))
             bar.update(1)
+    (writer.out_dir / SYNTH_RECORD).write_text(json.dumps(
+        {"renderer_version": RENDERER_VERSION, "seed": seed, "size": size, "count": count, "test_count": test_count}))
     return writer.out_dir
+
+
+def stale_demo_shards(root) -> str | None:
+    """Why the demo shards in ``root`` (a local directory with a manifest) were drawn by another renderer, or None.
+
+    Demo shards are recognised by their testGT split; ones written before ``synth.json`` existed are version 1.
+    """
+    from cutdist.data.manifest import read_manifest
+
+    record = Path(root) / SYNTH_RECORD
+    if record.is_file():
+        try:
+            version = json.loads(record.read_text()).get("renderer_version")
+        except (ValueError, AttributeError):
+            version = None
+    elif "testGT" in set(read_manifest(str(root)).column("split").to_pylist()):
+        version = 1
+    else:
+        return None   # not demo shards: someone's own data
+    if version == RENDERER_VERSION:
+        return None
+    return (f"data.root: {root} holds demo shards drawn by synthetic renderer version {version}, this cutdist draws "
+            f"version {RENDERER_VERSION} (other images: README, 'What the demo ends with'); delete the directory to "
+            "have them drawn again")
