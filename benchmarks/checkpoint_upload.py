@@ -74,9 +74,9 @@ def train_fn(config: dict) -> None:
     from cutdist.train import context as ctx_mod
 
     before = config["mode"] == "before"
-    if before:   # the report path as it was: synchronous upload, every logging interval reported to Ray
-        ctx_mod.upload_mode_kwargs = lambda with_checkpoint: {}
-    ctx = ctx_mod.RayContext()
+    # before: the report path as it was, synchronous upload (checkpoint.upload=sync), every logging interval
+    # reported to Ray
+    ctx = ctx_mod.RayContext(upload="sync" if before else "async")
     in_ckpt, in_plain = [], []
     t0 = time.perf_counter()
     for step in range(1, config["steps"] + 1):

@@ -67,6 +67,10 @@ def generator_num_layers(n_blocks: int, antialias: bool) -> int:
 # torch.compile modes (cutdist.model.fastpath applies them); "reduce-overhead" adds CUDA graphs.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
+# checkpoint.upload (Ray runs only): "async" training goes on while Ray uploads the checkpoint (a lost node may
+# redo up to two checkpoint intervals); "sync" each checkpoint is in storage before training goes on (at most one).
+CHECKPOINT_UPLOADS = ("async", "sync")
+
 @dataclass
 class ModelConfig:
     mode: str = "cut"                 # preset: cut | fastcut | sincut
@@ -154,6 +158,7 @@ class CheckpointConfig:
     num_to_keep: int = 2
     resume_from: str = ""             # a checkpoint directory or a run directory
     max_failures: int = 0             # worker-group restarts Ray Train may make
+    upload: str = "async"             # CHECKPOINT_UPLOADS: how a Ray run's checkpoint reaches storage
 
 
 @dataclass
@@ -543,6 +548,7 @@ def validate(cfg: JobConfig) -> JobConfig:
            f"must be >= 0 (minutes of training between checkpoints, 0 = off), got {c.every_minutes}")
     _check(c.num_to_keep >= 1, "checkpoint.num_to_keep", f"must be >= 1, got {c.num_to_keep}")
     _check(c.max_failures >= -1, "checkpoint.max_failures", f"must be >= -1 (-1 = retry forever), got {c.max_failures}")
+    _one_of(cfg, "checkpoint.upload", list(CHECKPOINT_UPLOADS))
     _check(lg.every_steps >= 1, "logging.every_steps", f"must be >= 1, got {lg.every_steps}")
     _check(lg.sample_every_steps >= 1, "logging.sample_every_steps", f"must be >= 1, got {lg.sample_every_steps}")
     _check(e.every >= 0, "eval.every", f"must be >= 0, got {e.every}")

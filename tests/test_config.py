@@ -73,6 +73,7 @@ def test_round_trip_through_to_dict():
     ("checkpoint.every_steps", -1, "checkpoint.every_steps"),
     ("checkpoint.every_minutes", -0.5, "checkpoint.every_minutes"),
     ("checkpoint.every_minutes", "soon", "checkpoint.every_minutes"),   # wrong type
+    ("checkpoint.upload", "eventually", "checkpoint.upload"),
     ("loss.num_patches", "many", "loss.num_patches"),   # wrong type
     ("train.use_gpu", "yes", "train.use_gpu"),          # wrong type
     ("loss.no_such_key", 1, "loss.no_such_key"),        # unknown key
@@ -83,6 +84,10 @@ def test_bad_values_name_their_key(key, value, named):
         load(**{key: value})
     message = str(err.value)
     assert message.startswith(named) and "\n" not in message
+
+
+def test_checkpoint_upload_defaults_to_async():
+    assert load().checkpoint.upload == "async" and load(**{"checkpoint.upload": "sync"}).checkpoint.upload == "sync"
 
 
 def test_tap_bound_follows_the_generator_depth():

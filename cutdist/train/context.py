@@ -59,10 +59,12 @@ class WorkerContext:
 class RayContext(WorkerContext):
     """A Ray Train worker: ranks and device from ``ray.train``, checkpoints through ``ray.train.report``."""
 
-    def __init__(self) -> None:
+    def __init__(self, upload: str = "async") -> None:
+        """``upload``: ``checkpoint.upload``, how each checkpoint reaches storage (``upload_mode_kwargs``)."""
         import ray.train
         import ray.train.torch
 
+        self.upload = upload
         _quiet_ray_report_log()
         ctx = ray.train.get_context()
         self.rank = ctx.get_world_rank()
@@ -120,18 +122,20 @@ class RayContext(WorkerContext):
 
         ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         # Only rank 0 holds a checkpoint (the state is consolidated); Ray uses rank 0's directory name.
-        # ASYNC: Ray uploads the directory in a background thread and deletes it afterwards, so training goes
-        # on while a slow store receives it (an upload that fails is raised into the training loop by Ray).
-        # At most one upload in flight: Ray's ASYNC reports return at once and queue their uploads, so a loop
-        # faster than the store would run ahead of what is persisted (seen: a lost node cost 5 intervals). The
-        # previous upload is done once Ray has deleted its directory; it had a whole interval to finish. The
-        # last checkpoint is uploaded before the run ends.
+        # ASYNC (checkpoint.upload=async): Ray uploads the directory in a background thread and deletes it
+        # afterwards, so training goes on while a slow store receives it (an upload that fails is raised into
+        # the training loop by Ray). At most one upload in flight: Ray's ASYNC reports return at once and queue
+        # their uploads, so a loop faster than the store would run ahead of what is persisted (seen: a lost node
+        # cost 5 intervals). The previous upload is done once Ray has deleted its directory; it had a whole
+        # interval to finish. SYNC (checkpoint.upload=sync, and always the last checkpoint): the report returns
+        # once the checkpoint is in storage, and the caller deletes the local directory.
         self._wait_for_upload()
-        upload = upload_mode_kwargs(ckpt is not None and not final)
+        upload = upload_mode_kwargs(ckpt is not None and not final, self.upload)
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=checkpoint.checkpoint_dir_name(step),
                          **upload)
-        self._uploading = checkpoint_dir if upload else None
-        return bool(upload)
+        handed_over = bool(upload.get("delete_local_checkpoint_after_upload"))
+        self._uploading = checkpoint_dir if handed_over else None
+        return handed_over
 
     def _wait_for_upload(self, warn_every_s: float = 60.0, give_up_s: float = 1800.0) -> None:
         import time
@@ -149,14 +153,19 @@ class RayContext(WorkerContext):
             time.sleep(0.05)
 
 
-def upload_mode_kwargs(with_checkpoint: bool) -> dict[str, Any]:
-    """``ray.train.report`` arguments for an asynchronous checkpoint upload where this Ray offers it ({} else)."""
+def upload_mode_kwargs(with_checkpoint: bool, mode: str = "async") -> dict[str, Any]:
+    """``ray.train.report`` arguments for a report's checkpoint upload: ``mode`` "async" (``checkpoint.upload``)
+    uploads in the background where this Ray offers it and Ray deletes the local copy afterwards; "sync", a
+    report without a checkpoint, or a Ray without ``CheckpointUploadMode`` (which uploads synchronously) waits
+    for the upload and leaves the local copy to the caller."""
     try:
         from ray.train import CheckpointUploadMode
     except ImportError:   # a Ray without it uploads synchronously
         return {}
     if not with_checkpoint:
         return {}
+    if mode == "sync":
+        return {"checkpoint_upload_mode": CheckpointUploadMode.SYNC}
     return {"checkpoint_upload_mode": CheckpointUploadMode.ASYNC, "delete_local_checkpoint_after_upload": True}
 
 

@@ -47,7 +47,8 @@ from cutdist.train.strategy import Strategy, build_strategy
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's entry on every worker. ``loop_config``: see ``cutdist.train.launcher.loop_config``."""
     cfg = config_mod.from_dict(loop_config["config"])
-    run_training(RayContext(), cfg, loop_config["splits"], resume_from=loop_config.get("resume_from") or None,
+    run_training(RayContext(upload=cfg.checkpoint.upload), cfg, loop_config["splits"],
+                 resume_from=loop_config.get("resume_from") or None,
                  logs_dir=Path(loop_config["logs_dir"]), started_at=loop_config.get("started_at"),
                  logs_mirror=loop_config.get("logs_mirror"))
 
@@ -302,7 +303,7 @@ def _publish(ctx: WorkerContext, strategy: Strategy, cfg: JobConfig, pos: Positi
     try:
         handed_over = ctx.report(metrics, staged, pos.step, checkpointed=with_checkpoint, final=final)
     finally:
-        if staged is not None and not handed_over:   # ASYNC upload: Ray deletes it once uploaded
+        if staged is not None and not handed_over:   # ASYNC upload (checkpoint.upload=async): Ray deletes it
             shutil.rmtree(staged, ignore_errors=True)
 
 
