@@ -105,6 +105,17 @@ def test_verdict_needs_evidence_to_move_off_none():
 
 
 @pytest.mark.slow
+def test_a_key_added_by_a_newer_cutdist_at_its_default_does_not_block_a_resume():
+    from cutdist.bench.scaling import _changed_keys
+
+    runs = {"optim.lr": 0.0002, "loss.lambda_x": 1.0}
+    assert _changed_keys(runs, {**runs, "checkpoint.upload": "async"}) == []      # new key, at its default
+    assert _changed_keys(runs, {**runs, "checkpoint.upload": "sync"}) == ["checkpoint.upload"]
+    assert _changed_keys({**runs, "checkpoint.upload": "sync"}, runs) == ["checkpoint.upload"]
+    assert _changed_keys(runs, {**runs, "optim.lr": 0.001}) == ["optim.lr"]
+    assert _changed_keys({}, runs) == []   # a fresh results directory
+
+
 def test_tiny_end_to_end_run_and_resume(tmp_path, one_torch_thread, capsys):
     out = tmp_path / "out"
     argv = ["--config", str(SMOKE), "--batches", "1,2", "--rules", "linear", "--seeds", "0,1", "--out", str(out),

@@ -261,6 +261,19 @@ def _job_record(cfg: Any) -> dict[str, Any]:
     return {k: v for k, v in flat.items() if k not in ignored}
 
 
+def _changed_keys(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Job keys whose value differs between a results directory's runs and this bench. A key that only one side
+    has (a cutdist newer or older than the runs added or removed it) counts only if it is not at its default."""
+    if not before:
+        return []
+    from cutdist.config import JobConfig
+
+    defaults = _job_record(JobConfig())
+    missing = object()
+    return sorted(k for k in set(before) | set(now)
+                  if before.get(k, defaults.get(k, missing)) != now.get(k, defaults.get(k, missing)))
+
+
 def run_one(cfg: Any, splits: Any, run_dir: Path, device: Any, baselines: dict) -> dict[str, Any]:
     from cutdist.config import scaled_lr
     from cutdist.train.demo import paired_quality_of_checkpoint, paired_quality_of_initial_g
@@ -375,8 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     previous = json.loads((out / "scaling.json").read_text()) if (out / "scaling.json").is_file() else {}
     job = _job_record(first)
-    if previous.get("job") and previous["job"] != job:
-        changed = sorted(k for k in set(job) | set(previous["job"]) if job.get(k) != previous["job"].get(k))
+    changed = _changed_keys(previous.get("job") or {}, job)
+    if changed:
         print(f"cutdist.bench scaling: --out {out}: its runs were made with another job ({changed[0]}: "
               f"{previous['job'].get(changed[0])!r} there, {job.get(changed[0])!r} now); resume with the same job "
               "and overrides, or use another --out", file=sys.stderr)
