@@ -69,8 +69,6 @@ def start_proxy(target_port: int, mbps: float, latency_s: float) -> int:
 
 
 def train_fn(config: dict) -> None:
-    import ray.train
-
     from cutdist.train import context as ctx_mod
 
     before = config["mode"] == "before"

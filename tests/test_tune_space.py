@@ -144,3 +144,13 @@ def test_missing_and_unreadable_space_files(tmp_path):
     bad.write_text("params: [unclosed\n")
     with pytest.raises(SpaceError, match=f"{bad}: not valid YAML"):
         load_space(bad, SMOKE)
+
+
+def test_optuna_search_without_optuna_installed_says_so(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "optuna" else real(name, *a))
+    with pytest.raises(SpaceError, match="search: optuna is not installed"):
+        parse_space(space({"optim.lr": {"choice": [1e-4, 2e-4]}}, search="optuna"), SMOKE, where="x.yaml")
+    parse_space(space({"optim.lr": {"choice": [1e-4, 2e-4]}}, search="random"), SMOKE, where="x.yaml")

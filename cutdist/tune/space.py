@@ -31,6 +31,7 @@ the job's config validation on the base job; any problem is one ``SpaceError`` l
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -315,11 +316,9 @@ def _check_search(space: Space, where: str) -> None:
         grids = [k for k, p in space.params.items() if p.kind == "grid"]
         if grids:
             raise SpaceError(f"{where}: params.{grids[0]}: search optuna does not take grid values; use choice")
-        try:
-            import optuna  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("optuna") is None:
             raise SpaceError(f"{where}: search: optuna is not installed (pip install 'cutdist[optuna]'), "
-                             "or use search: random") from None
+                             "or use search: random")
 
 
 def _candidates(p: Param) -> list[Any]:
