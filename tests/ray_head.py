@@ -52,6 +52,23 @@ class Head:
     log: Path
 
 
+def stop_process(proc: subprocess.Popen, *, grace_s: float, group: bool = False) -> None:
+    """SIGTERM, ``grace_s`` seconds to exit, then SIGKILL; with ``group`` the whole process group it leads (started
+    with ``start_new_session=True``) is SIGKILLed afterwards, whatever of it is still running."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+    if group:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 @contextlib.contextmanager
 def ray_head(prefix: str, *, num_cpus: int = 2, worker_ports: tuple[int, int] = (20000, 60000)) -> Iterator[Head]:
     temp_dir = tempfile.mkdtemp(prefix=prefix, dir="/tmp")   # short: Ray's socket paths live under it
@@ -90,16 +107,7 @@ def ray_head(prefix: str, *, num_cpus: int = 2, worker_ports: tuple[int, int] = 
     finally:
         # `ray start --block` stops what it started on SIGTERM, but takes ~30 s on this machine (measured): give it
         # 2 s, then the process group (everything of this session) is SIGKILLed, as it always ended up being.
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-        try:   # anything of that session still running belongs to the group we created
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        stop_process(proc, grace_s=2, group=True)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -149,15 +157,5 @@ def ray_worker_node(head_address: str, *, num_cpus: int = 1, worker_ports: tuple
             time.sleep(0.5)
         yield node
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)   # as the head's: 2 s, then the group is SIGKILLed
-            try:
-                proc.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=15)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        stop_process(proc, grace_s=2, group=True)   # as the head's
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from ray_head import free_ports
+from ray_head import free_ports, stop_process
 
 REGION = "us-east-1"
 SETUP_CALLS = 3   # create_user, put_user_policy, create_access_key: free; everything after is signed
@@ -112,12 +111,7 @@ def s3_server() -> Iterator[S3]:
                       "AWS_EC2_METADATA_DISABLED": "true"}
         yield server
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc, grace_s=10)
 
 
 @contextlib.contextmanager

@@ -19,11 +19,13 @@ bucket and the sweep ends with the trial TERMINATED on its leaderboard.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -85,6 +87,19 @@ def wait_for(what: str, predicate, timeout: float, proc: subprocess.Popen, log: 
         time.sleep(0.5)
 
 
+@contextlib.contextmanager
+def running_driver(cmd: list[str], log: Path, env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """The driver (``cmd``) started from the repository with its output in ``log``; killed if still running."""
+    with log.open("w") as fh:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_lost_node_elastic_shrink_and_regrow(s3, head, shards, tmp_path):
     runs = s3.bucket("cluster-runs") + "/runs"
     run = f"{runs}/elastic"
@@ -96,9 +111,7 @@ def test_lost_node_elastic_shrink_and_regrow(s3, head, shards, tmp_path):
                "checkpoint.max_failures=3", "checkpoint.num_to_keep=2", "logging.every_steps=5",
                "logging.sample_every_steps=50"]
         env = driver_env(head.address)
-        with log.open("w") as fh:
-            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env)
-        try:
+        with running_driver(cmd, log, env) as proc:
             # the node goes as soon as checkpoint 20 is complete in the bucket: its report may well still be
             # queued on the workers, unseen by Ray's controller (polled every ~2 s)
             wait_for("checkpoint 20 in the bucket", lambda: (complete_checkpoints(s3, run) or [0])[-1] >= 20, 300,
@@ -116,10 +129,6 @@ def test_lost_node_elastic_shrink_and_regrow(s3, head, shards, tmp_path):
                     return 1 in sizes and sizes[-1] == 2 and sizes.index(1) < len(sizes) - 1
                 wait_for("the run to grow back to two workers", regrown, 300, proc, log)
                 proc.wait(timeout=300)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
     text = log.read_text()
     assert proc.returncode == 0, text[-4000:]
     metrics = metrics_in_bucket(s3, run)
@@ -214,9 +223,7 @@ def test_lost_node_of_a_tune_trial(s3, head, shards, tmp_path):
     with ray_worker_node(head.address) as node:   # the only node with a CPU: the trial's worker lands there
         # the trial's actor (and so its trainer's controller) goes to the head, not to the node about to be lost
         assert trial_placements(head.address, 4) == ["head"] * 4
-        with log.open("w") as fh:
-            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env)
-        try:
+        with running_driver(cmd, log, env) as proc:
             def checkpoint_20():
                 runs = trial_runs(s3, sweep)
                 return len(runs) == 1 and (complete_checkpoints(s3, runs[0]) or [0])[-1] >= 20
@@ -226,10 +233,6 @@ def test_lost_node_of_a_tune_trial(s3, head, shards, tmp_path):
             newest = complete_checkpoints(s3, run)[-1]
             with ray_worker_node(head.address):   # a replacement node joins
                 proc.wait(timeout=300)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
     text = log.read_text()
     assert proc.returncode == 0, text[-4000:]
     metrics = metrics_in_bucket(s3, run)

@@ -68,20 +68,26 @@ def job_config(shards, runs, **overrides):
     return config.load(SMOKE, {"data.root": str(shards), "storage_path": str(runs), **overrides})
 
 
-def test_ray_job_submit_smoke(head, shards, tmp_path):
+def submit_train_job(head, name: str, train_args: list[str], *, timeout: int) -> str:
+    """`ray job submit --working-dir . -- python -m cutdist.train ARGS` to ``head``; asserts the job SUCCEEDED
+    (else shows the CLI's output) and returns the job's logs."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    runs = tmp_path / "runs"
-    sid = f"smoke-{os.getpid()}-{int(time.time())}"
+    sid = f"{name}-{os.getpid()}-{int(time.time())}"
     cmd = [RAY, "job", "submit", "--address", head.dashboard, "--working-dir", ".", "--submission-id", sid,
-           "--", sys.executable, "-m", "cutdist.train", "--config", "jobs/smoke.yaml", f"data.root={shards}",
-           f"storage_path={runs}", "name=submitted"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400,
+           "--", sys.executable, "-m", "cutdist.train", *train_args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     client = JobSubmissionClient(head.dashboard)
     status = client.get_job_status(sid)
     assert status == JobStatus.SUCCEEDED, f"{status}\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
-    logs = client.get_job_logs(sid)
+    return client.get_job_logs(sid)
+
+
+def test_ray_job_submit_smoke(head, shards, tmp_path):
+    runs = tmp_path / "runs"
+    logs = submit_train_job(head, "smoke", ["--config", "jobs/smoke.yaml", f"data.root={shards}",
+                                            f"storage_path={runs}", "name=submitted"], timeout=400)
     assert "[cutdist.train] done" in logs and "first training step done" in logs
 
     run = runs / "submitted"
@@ -101,19 +107,10 @@ def test_ray_job_submit_sincut_smoke(head, tmp_path):
     """SinCUT on the same cluster: jobs/sincut_smoke.yaml (2 DDP workers, 4 crops each, R1 every step) submitted
     as a Ray job; the synthetic painting/photo pair is written by the driver; checkpoints with identical replicas,
     the sample grid and the whole translated painting."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
     runs = tmp_path / "runs"
-    sid = f"sincut-{os.getpid()}-{int(time.time())}"
-    cmd = [RAY, "job", "submit", "--address", head.dashboard, "--working-dir", ".", "--submission-id", sid,
-           "--", sys.executable, "-m", "cutdist.train", "--config", "jobs/sincut_smoke.yaml",
-           f"data.root={tmp_path / 'pair'}", f"storage_path={runs}", "name=sincut", "logging.tensorboard=false"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "RAY_AUTH_MODE": "disabled"})
-    client = JobSubmissionClient(head.dashboard)
-    status = client.get_job_status(sid)
-    assert status == JobStatus.SUCCEEDED, f"{status}\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
-    logs = client.get_job_logs(sid)
+    logs = submit_train_job(head, "sincut", ["--config", "jobs/sincut_smoke.yaml", f"data.root={tmp_path / 'pair'}",
+                                             f"storage_path={runs}", "name=sincut", "logging.tensorboard=false"],
+                            timeout=600)
     assert "[cutdist.train] done" in logs and "translated image" in logs
     run = runs / "sincut"
     state = torch.load(run / "checkpoint_000000006" / "train_state.pt", weights_only=True)
