@@ -273,24 +273,37 @@ def resolve_checkpoint(path: str | Path) -> Path | str:
     path = Path(path).expanduser()
     if not path.exists():
         raise CheckpointError(f"checkpoint.resume_from: no such file or directory {path}")
-    if is_checkpoint_dir(path):
-        return path
-    # A Ray Train run directory: its snapshot names the latest checkpoint that was completely persisted.
-    snapshot = path / SNAPSHOT_FILE
-    if snapshot.is_file():
-        latest = snapshot_latest(snapshot.read_text())
-        if latest and is_checkpoint_dir(path / latest):
-            return path / latest
-    candidates = []
+    names = set()
     for child in path.iterdir() if path.is_dir() else []:
-        match = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", child.name)
-        if match and is_checkpoint_dir(child):
-            candidates.append((int(match.group(1)), child))
-    if not candidates:
+        if child.is_file():
+            names.add(child.name)
+        elif child.is_dir():
+            names.update(f"{child.name}/{f.name}" for f in child.iterdir() if f.is_file())
+    snapshot = path / SNAPSHOT_FILE
+    chosen = _latest_complete(names, snapshot.read_text() if snapshot.is_file() else "")
+    if chosen is None:
         raise CheckpointError(f"checkpoint.resume_from: {path} is neither a checkpoint directory "
                               f"(with {MODEL_FILE} and {TRAIN_STATE_FILE}) nor a run directory holding "
                               f"{CHECKPOINT_PREFIX}<step> checkpoints")
-    return max(candidates)[1]
+    return path / chosen if chosen else path
+
+
+def _latest_complete(names: set[str], snapshot: str) -> str | None:
+    """``resolve_checkpoint``'s rule over the file names under a location (``model.pt``,
+    ``checkpoint_000000010/model.pt``, ...): "" when the location is itself a complete checkpoint, else the
+    checkpoint Ray's ``snapshot`` names if complete (the latest one completely persisted), else the highest-step
+    complete ``checkpoint_<step>``; None when there is none."""
+    def complete(prefix: str) -> bool:
+        return f"{prefix}{MODEL_FILE}" in names and f"{prefix}{TRAIN_STATE_FILE}" in names
+
+    if complete(""):
+        return ""
+    latest = snapshot_latest(snapshot) if snapshot else None
+    if latest and complete(f"{latest}/"):
+        return latest
+    steps = sorted((step, name) for name in {n.split("/")[0] for n in names if "/" in n}
+                   if (step := checkpoint_step(name)) is not None and complete(f"{name}/"))
+    return steps[-1][1] if steps else None
 
 
 def _resolve_in_bucket(uri: str) -> str:
@@ -303,26 +316,17 @@ def _resolve_in_bucket(uri: str) -> str:
     except (OSError, ValueError) as err:   # StorageError is a ValueError
         raise CheckpointError(f"checkpoint.resume_from: {redact_uri(uri)}: {storage.reason(err)}") from None
 
-    def complete(name: str) -> bool:
-        return f"{name}/{MODEL_FILE}" in names and f"{name}/{TRAIN_STATE_FILE}" in names
-
     if not names:
         raise CheckpointError(f"checkpoint.resume_from: nothing at {redact_uri(uri)}")
-    if MODEL_FILE in names or TRAIN_STATE_FILE in names:
-        if MODEL_FILE in names and TRAIN_STATE_FILE in names:
-            return uri
+    if (MODEL_FILE in names) != (TRAIN_STATE_FILE in names):
         missing = TRAIN_STATE_FILE if MODEL_FILE in names else MODEL_FILE
         raise CheckpointError(f"checkpoint.resume_from: {redact_uri(uri)}: no {missing} (an incomplete checkpoint)")
-    latest = snapshot_latest(snapshot) if snapshot else None
-    if latest and complete(latest):
-        return storage.join(uri, latest)
-    steps = sorted((step, name) for name in {n.split("/")[0] for n in names}
-                   if (step := checkpoint_step(name)) is not None and complete(name))
-    if not steps:
+    chosen = _latest_complete(names, snapshot)
+    if chosen is None:
         raise CheckpointError(f"checkpoint.resume_from: {redact_uri(uri)} is neither a checkpoint (with "
                               f"{MODEL_FILE} and {TRAIN_STATE_FILE}) nor a run directory holding complete "
                               f"{CHECKPOINT_PREFIX}<step> checkpoints")
-    return storage.join(uri, steps[-1][1])
+    return storage.join(uri, chosen) if chosen else uri
 
 
 def fetch(location: str | Path) -> Path:
