@@ -16,11 +16,11 @@ import argparse
 import json
 import time
 
-import numpy as np
 import torch
 
 from cutdist import config
 from cutdist.data.synth import synth_image, synth_test_pair
+from cutdist.data.transforms import to_tensor
 from cutdist.eval.paired import translation_quality
 from cutdist.model.networks import build_nets
 
@@ -30,9 +30,6 @@ MODELS = {
     "previous": {"model.ngf": 16, "model.ndf": 16, "model.n_blocks": 6, "loss.nce_layers": [0, 4, 8, 12, 16]},
 }
 
-
-def _tensor(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 127.5 - 1
 
 
 def main() -> None:
@@ -44,8 +41,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     cfg = config.from_dict({"model.mode": "cut", "model.netf_nc": 64, "data.root": "unused", **MODELS[args.model]})
-    train = torch.stack([_tensor(synth_image(0, "train", "A", i, 64, args.renderer)) for i in range(400)])
-    test = torch.stack([_tensor(a) for a, _ in (synth_test_pair(0, i, 64, args.renderer) for i in range(64))])
+    train = torch.stack([to_tensor(synth_image(0, "train", "A", i, 64, args.renderer)) for i in range(400)])
+    test = torch.stack([to_tensor(a) for a, _ in (synth_test_pair(0, i, 64, args.renderer) for i in range(64))])
     torch.manual_seed(0)
     g = build_nets(cfg).g
     opt = torch.optim.Adam(g.parameters(), lr=args.lr, betas=(0.5, 0.999))

@@ -21,12 +21,12 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from cutdist import config
 from cutdist.data.synth import RENDERER_VERSION, synth_image, synth_test_pair
+from cutdist.data.transforms import to_tensor
 from cutdist.eval.paired import translation_quality
 from cutdist.model.cut import LocalUpdater, cut_step, make_optimizers
 from cutdist.model.networks import build_nets
@@ -36,9 +36,6 @@ DEMO = {"model.mode": "cut", "model.ngf": 8, "model.ndf": 8, "model.n_blocks": 4
         "loss.num_patches": 64, "optim.lr": 2e-4, "data.root": "unused"}
 TRAIN_IMAGES, TEST_IMAGES, SIZE, LOAD = 400, 64, 64, 72
 
-
-def _tensor(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 127.5 - 1
 
 
 def main() -> None:
@@ -56,13 +53,13 @@ def main() -> None:
     cfg = config.from_dict(raw)
 
     def domain(d: str) -> torch.Tensor:
-        x = torch.stack([_tensor(synth_image(0, "train", d, i, SIZE, args.renderer)) for i in range(TRAIN_IMAGES)])
+        x = torch.stack([to_tensor(synth_image(0, "train", d, i, SIZE, args.renderer)) for i in range(TRAIN_IMAGES)])
         return F.interpolate(x, size=LOAD, mode="bilinear", align_corners=False)
 
     train_a, train_b = domain("A"), domain("B")
     pairs = [synth_test_pair(0, i, SIZE, args.renderer) for i in range(TEST_IMAGES)]
-    test_a = torch.stack([_tensor(a) for a, _ in pairs])
-    gt01 = (torch.stack([_tensor(g) for _, g in pairs]) + 1) / 2
+    test_a = torch.stack([to_tensor(a) for a, _ in pairs])
+    gt01 = (torch.stack([to_tensor(g) for _, g in pairs]) + 1) / 2
 
     torch.manual_seed(0)
     nets = build_nets(cfg)
