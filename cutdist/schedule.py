@@ -61,10 +61,12 @@ def lr_factor(epoch: int, epochs: int, epochs_decay: int) -> float:
 @dataclass
 class Position:
     """Where training stands. ``images_in_epoch`` counts the epoch's samples (positions of its permutation)
-    consumed globally, so the position means the same thing whatever the world size that resumes it."""
+    consumed globally, so the position means the same thing whatever the world size that resumes it;
+    ``images_seen`` counts every sample consumed since the start, at whatever world size each step ran."""
     step: int = 0
     epoch: int = 0
     images_in_epoch: int = 0
+    images_seen: int = 0
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,7 @@ class Schedule:
         """One step taken (the epoch's last batch when ``epoch_end``: the loader's last)."""
         pos.step += 1
         pos.images_in_epoch += self.images_per_step
+        pos.images_seen += self.images_per_step
         if epoch_end:
             pos.epoch, pos.images_in_epoch = pos.epoch + 1, 0
 

@@ -10,7 +10,13 @@ The job is `python -m cutdist.train` as a user runs it (RAY_ADDRESS, data.root a
 shrinks to one worker and resumes from that checkpoint (before the fix, Ray's restarted group started from the
 last checkpoint its controller had registered, or afresh), then a replacement node joins
 and the run grows back to two workers, and finishes. metrics.jsonl in the bucket lists every logged step once,
-in order (no gap, nothing before a checkpoint repeated), with world sizes 2 -> 1 -> 2.
+in order (no gap, nothing before a checkpoint repeated), with world sizes 2 -> 1 -> 2; summary.json counts the
+images of exactly those steps and names the last checkpoint.
+A new node needs longer to join and be counted by Ray's elastic policy than one worker needs to finish a short
+run on an idle machine (seen: the group grew back only once the run was at its end), so the test SIGSTOPs the lone
+worker once it has written a checkpoint and lets it go only after the group was resized: the order of events,
+not the machine's speed, decides what is tested (a stopped worker only misses health checks, which Ray tolerates
+for 10 min).
 
 The same cluster runs a one-trial sweep (``python -m cutdist.tune``, sweep directory in the bucket) whose
 training worker is on the only worker node; that node is SIGKILLed once the trial's checkpoint 20 is in the
@@ -22,6 +28,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -35,7 +43,7 @@ from ray_head import ray_head, ray_worker_node
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = 160   # long enough on one worker for the replacement node to join and the group to grow back
+STEPS = 100
 
 
 @pytest.fixture(scope="module")
@@ -119,16 +127,24 @@ def test_lost_node_elastic_shrink_and_regrow(s3, head, shards, tmp_path):
             node_b.kill()
             newest = complete_checkpoints(s3, run)[-1]
 
-            def resumed_on_one():
-                return "ddp x1 on cpu" in log.read_text()
-            wait_for("the run to go on with one worker", resumed_on_one, 240, proc, log)
-            with ray_worker_node(head.address):   # a replacement node joins
-                def regrown():
-                    m = metrics_in_bucket(s3, run)
-                    sizes = [x["world_size"] for x in m]
-                    return 1 in sizes and sizes[-1] == 2 and sizes.index(1) < len(sizes) - 1
-                wait_for("the run to grow back to two workers", regrown, 300, proc, log)
-                proc.wait(timeout=300)
+            one = re.compile(r"RayTrainWorker pid=(\d+)[^\n]*?\[cutdist.train\] ddp x1 on cpu: .* at step (\d+) ")
+            wait_for("the run to go on with one worker", lambda: one.search(log.read_text()), 240, proc, log)
+            pid, resumed_at = map(int, one.search(log.read_text()).groups())
+
+            def one_worker_checkpointed():   # the shrunk run's own checkpoint and metrics lines are in the bucket
+                return ((complete_checkpoints(s3, run) or [0])[-1] > resumed_at
+                        and any(m["world_size"] == 1 for m in metrics_in_bucket(s3, run)))
+            wait_for("a checkpoint of the one-worker run", one_worker_checkpointed, 120, proc, log)
+            os.kill(pid, signal.SIGSTOP)   # holds the lone worker until Ray has grown the group
+            try:
+                with ray_worker_node(head.address):   # a replacement node joins
+                    grown = re.compile(r"ddp x2 on cpu: .* resumed from .* at step (\d+) ")
+                    wait_for("the run to grow back to two workers", lambda: any(
+                        int(n) > resumed_at for n in grown.findall(log.read_text())), 300, proc, log)
+                    proc.wait(timeout=300)
+            finally:
+                with contextlib.suppress(ProcessLookupError):   # Ray killed it when it resized the group
+                    os.kill(pid, signal.SIGCONT)
     text = log.read_text()
     assert proc.returncode == 0, text[-4000:]
     metrics = metrics_in_bucket(s3, run)
@@ -158,6 +174,13 @@ def test_lost_node_elastic_shrink_and_regrow(s3, head, shards, tmp_path):
     assert "fresh start" in starts[0] and sum("fresh start" in line for line in starts) == 1, starts
     keys = s3.keys(run)
     assert f"checkpoint_{STEPS:09d}/model.pt" in keys and "samples/latest.png" in keys
+    # the summary: the last checkpoint and the images of the steps that made the final weights (each logged step
+    # by the last attempt that ran it: 5 steps at that attempt's world size, batch 1)
+    last_run = {m["step"]: m["world_size"] for m in metrics}
+    summary = json.loads(s3.read(f"{run}/summary.json"))
+    assert summary["images_seen"] == sum(5 * w for w in last_run.values()), (summary, record)
+    assert summary["latest_checkpoint"].endswith(f"checkpoint_{STEPS:09d}"), summary
+    assert f"latest checkpoint  {run}/checkpoint_{STEPS:09d}" in text
     assert any(k.startswith("tensorboard/events.out.tfevents") for k in keys)
     assert s3.secret not in text
 

@@ -78,6 +78,31 @@ def test_a_run_reports_kid_and_its_best_and_translate_takes_the_best(tmp_path, o
     # a resumed run reads its best so far back from the checkpoint it starts from
     restored = read_metrics(run / "checkpoint_000000016")
     assert BestSoFar.from_metrics(restored).as_metrics()["fid_best"] == final["fid_best"]
+    assert final["images_seen"] == 16 and restored["images_seen"] == 16
+
+    # the driver's end of a run whose last worker group restarted at the end and reported nothing: Ray's result
+    # still names checkpoint 8; the run directory's newer complete checkpoint 16 is the run's end, a cut-short
+    # newer one is passed over
+    import pyarrow.fs
+    from types import SimpleNamespace
+
+    from cutdist.train.checkpoint import best_checkpoint, run_end
+
+    (run / "checkpoint_000000024").mkdir()
+    (run / "checkpoint_000000024" / "model.pt").write_bytes((run / "checkpoint_000000016" / "model.pt").read_bytes())
+    eight = str(run / "checkpoint_000000008")
+
+    def ray_result(known):
+        return SimpleNamespace(checkpoint=SimpleNamespace(path=known), metrics=read_metrics(known), path=str(run),
+                               filesystem=pyarrow.fs.LocalFileSystem(),
+                               best_checkpoints=[(SimpleNamespace(path=known), read_metrics(known))])
+    latest, metrics = run_end(ray_result(eight))
+    assert latest == str(run / "checkpoint_000000016") and metrics == restored
+    assert best_checkpoint(ray_result(eight), also=(latest, metrics))[0] == str(run / f"checkpoint_{best['step']:09d}")
+    assert run_end(ray_result(latest)) == (latest, restored)   # Ray's is the newest: as it is
+    summary = build_summary(metrics, run_dir=str(run), kept=[eight, latest], latest=latest, batch_size=1,
+                            wall_s=1.0)
+    assert summary["latest_checkpoint"] == latest and summary["images_seen"] == 16
 
     capsys.readouterr()
     code = translate_main(["--checkpoint", str(run), "--input", str(shards / "testA-000000.tar"),
@@ -85,3 +110,15 @@ def test_a_run_reports_kid_and_its_best_and_translate_takes_the_best(tmp_path, o
     err = capsys.readouterr().err
     assert code == 0 and f"using checkpoint_{best['step']:09d} (lowest FID" in err
     assert len(list((tmp_path / "out").glob("*.png"))) == 4
+
+
+def test_images_seen_of_a_checkpoint_written_before_it_was_counted():
+    from cutdist.train.checkpoint import Restored
+
+    def position(mode, world):
+        saved = {"config": {"data": {"batch_size": 4}, "model": {"mode": mode}}}
+        return Restored(Path("x"), saved, {"step": 10, "epoch": 1, "images_in_epoch": 0, "world_size": world},
+                        {}).position
+    assert position("cut", 2).images_seen == 80 and position("sincut", 2).images_seen == 40   # SinCUT's batch is global
+    now = Restored(Path("x"), {}, {"step": 10, "epoch": 1, "images_in_epoch": 0, "images_seen": 33}, {})
+    assert now.position.images_seen == 33

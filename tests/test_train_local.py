@@ -59,12 +59,13 @@ def test_checkpoints_resume_exactly(shards, tmp_path):
     ckpt3 = straight / "checkpoint_000000003"
     state = load_train_state(ckpt3)   # weights_only=True inside
     assert (state["step"], state["epoch"], state["world_size"], state["strategy"]) == (3, 0, 1, "ddp")
-    assert state["images_in_epoch"] == 3
+    assert state["images_in_epoch"] == 3 and state["images_seen"] == 3
     adam = state["optimizers"]["gf"]
     assert len(adam["param_groups"]) == 2 and int(adam["state"][0]["step"]) == 3
     assert json.loads((ckpt3 / "metrics.json").read_text())["step"] == 3
 
-    train(cfg, resumed, resume_from=ckpt3)
+    resumed_metrics, _ = train(cfg, resumed, resume_from=ckpt3)
+    assert resumed_metrics["images_seen"] == metrics["images_seen"] == 6   # counted on from the checkpoint
     a, b = weights(straight / "checkpoint_000000006"), weights(resumed / "checkpoint_000000006")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     losses_straight = {m["step"]: m["loss_g_total"] for m in read_metrics(straight)}

@@ -5,12 +5,13 @@ A checkpoint is a directory ``checkpoint_<step>`` (nine digits) in the run direc
 - ``model.pt``: G, D, F and the job's config (``cutdist.model.io``, the file ``translate`` also reads);
 - ``train_state.pt``::
 
-    {"format": "cutdist-train-v1", "step", "epoch", "images_in_epoch", "world_size", "strategy",
+    {"format": "cutdist-train-v1", "step", "epoch", "images_in_epoch", "images_seen", "world_size", "strategy",
      "optimizers": {"d": Adam state_dict, "gf": Adam state_dict},   # full (consolidated) torch-Adam format
      "best_fid": float | None, "rng": {"torch", "numpy", "python"}}
 
   (checkpoints written before the schedule moved to ``cutdist.schedule`` also hold an ``lr_schedule`` entry,
-  which nothing reads: the lr is a function of the epoch and the job's ``optim`` section);
+  which nothing reads: the lr is a function of the epoch and the job's ``optim`` section; those written before
+  ``images_seen`` was counted lack it: it is then taken as step x the checkpoint's images per step);
 - ``metrics.json``: the metrics reported with it, for people.
 
 Everything in the ``.pt`` files is plain tensors and Python scalars, written atomically
@@ -99,7 +100,8 @@ def write_checkpoint(ckpt_dir: Path, *, nets: CUTNets, cfg: JobConfig, position:
     ckpt_dir = Path(ckpt_dir)
     save_model(ckpt_dir, nets, cfg, position.step, position.epoch, source="cutdist.train")
     state = {"format": TRAIN_STATE_FORMAT, "step": position.step, "epoch": position.epoch,
-             "images_in_epoch": position.images_in_epoch, "world_size": world_size, "strategy": strategy,
+             "images_in_epoch": position.images_in_epoch, "images_seen": position.images_seen,
+             "world_size": world_size, "strategy": strategy,
              "optimizers": optimizers, "best_fid": best_fid, "rng": capture_rng()}
     write_atomic(ckpt_dir / TRAIN_STATE_FILE, lambda tmp: torch.save(state, tmp))
     write_atomic(ckpt_dir / METRICS_FILE, lambda tmp: tmp.write_text(json.dumps(metrics, indent=2, default=str)))
@@ -139,7 +141,14 @@ class Restored:
 
     @property
     def position(self) -> Position:
-        return Position(self.train["step"], self.train["epoch"], self.train["images_in_epoch"])
+        step = self.train["step"]
+        seen = self.train.get("images_seen")
+        if seen is None:   # written before the count was kept: step x that run's images per step
+            saved = self.model.get("config", {})
+            batch = saved.get("data", {}).get("batch_size", 1)
+            sincut = saved.get("model", {}).get("mode") == "sincut"   # its batch is the global one
+            seen = step * batch * (1 if sincut else self.train.get("world_size", 1))
+        return Position(step, self.train["epoch"], self.train["images_in_epoch"], seen)
 
     @property
     def best_fid(self) -> float | None:
@@ -202,6 +211,27 @@ def newest_complete_checkpoint(fs, run_path: str, *, known: str | None = None):
                 continue
         return fs, path
     return (fs, known) if known else None
+
+
+def run_end(result) -> tuple[str | None, dict[str, Any]]:
+    """(path, metrics) of a finished run's last checkpoint, from Ray's ``Result``: its checkpoint and metrics,
+    unless the run directory holds a newer complete checkpoint, then that one with its metrics.json. A worker
+    group restarted once the run was at its end (an elastic resize, a failure after the last report) resumes
+    from the last checkpoint, has nothing to train and reports nothing, so Ray's last registered checkpoint
+    can be older than the one that run ended with (the same gap ``RayContext.resume_checkpoint`` closes)."""
+    known = result.checkpoint.path if result.checkpoint else None
+    found = newest_complete_checkpoint(result.filesystem, result.path, known=known) if result.path else None
+    if found is None or found[1] == known:
+        return known, dict(result.metrics or {})
+    fs, path = found
+    try:
+        with fs.open_input_stream(f"{path}/{METRICS_FILE}") as src:
+            metrics = json.loads(src.read().decode())
+    except (OSError, ValueError):
+        metrics = {}
+    if not isinstance(metrics, dict) or not metrics:   # metrics.json is optional: the step, from the name
+        metrics = {"step": checkpoint_step(Path(path).name)}
+    return path, metrics
 
 
 def best_checkpoint_of_run(run_dir: str | Path) -> tuple[Path, str] | None:
@@ -367,9 +397,14 @@ def resolve_resume(cfg: JobConfig) -> str:
     return ckpt
 
 
-def best_checkpoint(result: Any) -> tuple[str | None, dict | None]:
-    """The kept checkpoint of a Ray Train result with the lowest measured FID (None when none was evaluated)."""
-    scored = [(m[SCORE_KEY], c.path, m) for c, m in (result.best_checkpoints or [])
+def best_checkpoint(result: Any, also: tuple[str | None, dict[str, Any]] | None = None
+                    ) -> tuple[str | None, dict | None]:
+    """The kept checkpoint of a Ray Train result with the lowest measured FID (None when none was evaluated);
+    ``also``: one more (path, metrics) to consider (``run_end``'s, when Ray never registered it)."""
+    candidates = [(c.path, m) for c, m in (result.best_checkpoints or [])]
+    if also is not None and also[0] and also[0] not in {path for path, _ in candidates}:
+        candidates.append(also)
+    scored = [(m[SCORE_KEY], path, m) for path, m in candidates
               if isinstance(m.get(SCORE_KEY), (int, float)) and math.isfinite(m[SCORE_KEY])]
     if not scored:
         return None, None

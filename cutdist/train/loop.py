@@ -279,6 +279,7 @@ def _interval_metrics(meter: LossMeter, ctx: WorkerContext, pos: Position, sched
         "images_per_s": steps_per_s * sched.images_per_step,
         "eta_s": remaining / steps_per_s if steps_per_s > 0 else math.inf,
         "world_size": ctx.world_size,
+        "images_seen": pos.images_seen,
     })
     if meter.first_step_s is not None:
         m["first_step_s"] = meter.first_step_s

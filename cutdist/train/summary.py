@@ -91,7 +91,9 @@ def build_summary(final: dict[str, Any], *, run_dir: str, kept: list[str], lates
         "run_dir": run_dir, "best": best,
         "final": {**last_eval, "step": step, "epoch": final.get("epoch"),
                   "evaluated_at_end": "fid" in final},
-        "images_seen": step * batch_size * world, "world_size": world, "per_rank_batch": batch_size,
+        # counted by the loop across restarts at any world size (older reports: as if all at the last one)
+        "images_seen": int(final.get("images_seen", step * batch_size * world)), "world_size": world,
+        "per_rank_batch": batch_size,
         "wall_s": round(wall_s, 1), "latest_checkpoint": latest, "kept_checkpoints": sorted(kept),
     }
 
