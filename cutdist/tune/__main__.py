@@ -237,6 +237,7 @@ def run_sweep(space, sweep_dir: str, concurrency: int, *, resume: bool, retry_er
     from ray import tune
 
     from cutdist.tune.cleanup import RemoveEndedTrialsPlacementGroups
+    from cutdist.tune.records import KeepTrialRecords
     from cutdist.tune.results import trial_dirname
     from cutdist.tune.space import MODE
     from cutdist.tune.trial import run_trial, runs_dir, trial_resources
@@ -255,7 +256,8 @@ def run_sweep(space, sweep_dir: str, concurrency: int, *, resume: bool, retry_er
                                         scheduler=space.tune_scheduler(), num_samples=space.num_samples,
                                         trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(name=name, storage_path=parent, failure_config=tune.FailureConfig(max_failures=0),
-                                      callbacks=[RemoveEndedTrialsPlacementGroups(runs_dir(sweep_dir))], verbose=1),
+                                      callbacks=[KeepTrialRecords(),   # first: before Tune's loggers
+                                                 RemoveEndedTrialsPlacementGroups(runs_dir(sweep_dir))], verbose=1),
         )
     return tuner.fit()
 

@@ -7,6 +7,8 @@ with ``FidReportCallback``: the workers' evaluation reports (those carrying ``fi
 result per FID evaluation, with ``checkpoint_path`` the checkpoint measured with that FID; and with
 ``cutdist.tune.cleanup.RecordPlacementGroup``, so the driver can free the workers of a stopped trial.
 
+A resumed trial first reports what its run measured and the sweep lost (``lost_results``), then trains on.
+
 Resources: the trial itself only waits on its TorchTrainer, so it reserves no CPU, only ``TRIAL_MEMORY`` bytes
 of memory (a Tune placement group needs some resource), on the head node (``HEAD_RESOURCE``): Ray starts the
 trainer's controller on the trial actor's node, and a trial actor on a worker node would die with that node,
@@ -18,6 +20,7 @@ many trials the cluster can hold at once.
 """
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -54,6 +57,56 @@ def trial_job(space: Space, sampled: dict[str, Any], sweep_dir: str, trial_id: s
     return cfg
 
 
+def lost_results(cfg: JobConfig, sweep_dir: str, trial_id: str) -> list[dict[str, Any]]:
+    """The FID results of a trial's Ray Train run that the sweep has not recorded, oldest first: one per FID
+    checkpoint in the run directory after the last step in the trial's ``result.json`` (the sweep's record,
+    ``cutdist.tune.records``) and up to the newest complete checkpoint (the one the run resumes from), each as
+    the trainer reported it.
+
+    A result reaches the sweep's record only once the driver has logged it: a report still on its way from the
+    trial's run (from the Ray Train controller through the trial's actor) dies with a killed driver, and so does
+    what it logged after its last save of the sweep (~every 10 s) when the resumed driver is in another Ray
+    session or on another node; the checkpoints those FIDs were measured with are already in the run directory,
+    and the resumed run goes on from its newest one and never measures them again. Seen: a trial whose run had
+    reached its end with its last FID on the way ended with its epoch-1 result only (STOPPED_EARLY at epoch 1,
+    after ASHA had let it continue); a trial whose first FID was lost would pass ASHA's first rung without being
+    judged there. Reported before the run resumes, they reach the scheduler, the searcher and ``result.json`` as
+    they would have."""
+    import pyarrow.fs as pafs
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+
+    from cutdist import storage
+    from cutdist.train.checkpoint import (METRICS_FILE, MODEL_FILE, TRAIN_STATE_FILE, checkpoint_step,
+                                          newest_complete_checkpoint)
+    from cutdist.train.launcher import run_dir
+    from cutdist.tune.records import stored_results
+    from cutdist.tune.results import TRIAL_DIR_PREFIX
+
+    recorded = stored_results(storage.join(sweep_dir, f"{TRIAL_DIR_PREFIX}{trial_id}"))
+    last = max((r["step"] for r in recorded if isinstance(r.get("step"), (int, float))), default=-1)
+    fs, run_path = storage.filesystem(run_dir(cfg))
+
+    def exists(path: str) -> bool:
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    candidates = []
+    for info in fs.get_file_info(pafs.FileSelector(run_path, allow_not_found=True)):
+        step = checkpoint_step(info.base_name) if info.type == pafs.FileType.Directory else None
+        if step is None or step <= last or not all(exists(f"{info.path}/{name}") for name in
+                                                   (MODEL_FILE, TRAIN_STATE_FILE, METRICS_FILE)):
+            continue
+        with fs.open_input_stream(f"{info.path}/{METRICS_FILE}") as stream:
+            metrics = json.loads(stream.read())
+        if "fid" in metrics:   # what FidReportCallback forwards
+            candidates.append((step, info.path, metrics))
+    if not candidates:
+        return []
+    newest = newest_complete_checkpoint(fs, run_path)
+    newest_step = checkpoint_step(newest[1].rstrip("/").rsplit("/", 1)[-1]) if newest else -1
+    return [{**metrics, CHECKPOINT_PATH_KEY: path} for step, path, metrics in sorted(candidates)
+            if step <= newest_step]
+
+
 def make_fid_report_callback():
     """A ``TuneReportCallback`` that forwards only the reports carrying an FID (one Tune result per evaluation),
     so the scheduler sees the metric in every result and ``training_iteration`` counts evaluations."""
@@ -75,9 +128,16 @@ def run_trial(sampled: dict[str, Any], *, space: Space, sweep_dir: str) -> None:
     from cutdist.data import resolve_splits
     from cutdist.train.checkpoint import resolve_resume
     from cutdist.train.launcher import build_trainer, run_dir
+    from cutdist.train.logger import say
     from cutdist.tune.cleanup import PG_FILE, RecordPlacementGroup
 
-    cfg = trial_job(space, sampled, sweep_dir, ray.tune.get_context().get_trial_id())
+    trial_id = ray.tune.get_context().get_trial_id()
+    cfg = trial_job(space, sampled, sweep_dir, trial_id)
+    for result in lost_results(cfg, sweep_dir, trial_id):   # the scheduler may stop the trial on one of them
+        say(f"[cutdist.tune] trial {trial_id}: reporting again the FID {result['fid']:.4f} at step "
+            f"{result.get('step')} (checkpoint {result['checkpoint_path']}), which the sweep's driver did not "
+            "save before it died")
+        ray.tune.report(result)
     splits = resolve_splits(cfg.data)
     callbacks = [make_fid_report_callback(), RecordPlacementGroup(f"{run_dir(cfg)}/{PG_FILE}")]
     trainer = build_trainer(cfg, splits, resume_from=resolve_resume(cfg), callbacks=callbacks)
