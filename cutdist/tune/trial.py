@@ -135,8 +135,8 @@ def run_trial(sampled: dict[str, Any], *, space: Space, sweep_dir: str) -> None:
     cfg = trial_job(space, sampled, sweep_dir, trial_id)
     for result in lost_results(cfg, sweep_dir, trial_id):   # the scheduler may stop the trial on one of them
         say(f"[cutdist.tune] trial {trial_id}: reporting again the FID {result['fid']:.4f} at step "
-            f"{result.get('step')} (checkpoint {result['checkpoint_path']}), which the sweep's driver did not "
-            "save before it died")
+            f"{result.get('step')} (checkpoint {result['checkpoint_path']}): the sweep's record lacks it (its "
+            "driver died before logging it)")
         ray.tune.report(result)
     splits = resolve_splits(cfg.data)
     callbacks = [make_fid_report_callback(), RecordPlacementGroup(f"{run_dir(cfg)}/{PG_FILE}")]
