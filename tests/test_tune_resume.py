@@ -104,21 +104,32 @@ def restored_asha(sweep_dir: Path, trial_ids: list[str], staging: Path | None = 
     return asha, trials
 
 
-def resumed_trial_stream(monkeypatch, space, sweep_dir: Path, trial_id: str, lr: float) -> list:
-    """What the restarted trial hands Tune: its ``ray.tune.report`` calls, then ``"fit"`` when its run starts."""
+def resumed_trial_stream(monkeypatch, space, sweep_dir: Path, trial_id: str, lr: float, run_reports=()) -> list:
+    """What the restarted trial hands Tune: its own ``ray.tune.report`` calls, ``"fit"`` when its run starts,
+    then what its FidReportCallback forwards of the run's ``run_reports`` (none: the run was at its end)."""
     import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
 
     import cutdist.data
     import cutdist.train.launcher
-    import cutdist.tune.trial
 
     stream: list = []
+
+    def outside_a_tune_session(callback):   # the real one needs the trial actor's session queue
+        callback._training_actor_item_queue = SimpleNamespace(put=stream.append)
+
+    def trainer(cfg, splits, *, resume_from, callbacks):
+        def fit():
+            stream.append("fit")
+            for metrics in run_reports:
+                callbacks[0].after_report(None, [metrics], None)
+        return SimpleNamespace(fit=fit)
+
     monkeypatch.setattr(ray.tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: trial_id))
     monkeypatch.setattr(ray.tune, "report", lambda metrics, **kwargs: stream.append(dict(metrics)))
+    monkeypatch.setattr(TuneReportCallback, "__init__", outside_a_tune_session)
     monkeypatch.setattr(cutdist.data, "resolve_splits", lambda data: None)
-    monkeypatch.setattr(cutdist.tune.trial, "make_fid_report_callback", lambda: None)
-    monkeypatch.setattr(cutdist.train.launcher, "build_trainer",
-                        lambda *a, **k: SimpleNamespace(fit=lambda: stream.append("fit")))   # at its end: no report
+    monkeypatch.setattr(cutdist.train.launcher, "build_trainer", trainer)
     run_trial({"optim.lr": lr}, space=space, sweep_dir=str(sweep_dir))
     return stream
 
@@ -126,7 +137,8 @@ def resumed_trial_stream(monkeypatch, space, sweep_dir: Path, trial_id: str, lr:
 def test_a_trial_whose_last_fid_the_killed_driver_lost_reports_it_on_resume(tmp_path, monkeypatch, space):
     sweep_dir, runs, ran = killed_sweep(tmp_path, space)
     stream = resumed_trial_stream(monkeypatch, space, sweep_dir, BEST, 2.0e-4)
-    assert stream == [ran[BEST][1], "fit"]   # the epoch-2 FID, with its checkpoint, before the run goes on
+    # the epoch-2 FID, with its checkpoint, numbered after the saved one, before the run goes on
+    assert stream == [{**ran[BEST][1], "training_iteration": 2}, "fit"]
 
     asha, trials = restored_asha(sweep_dir, [BEST, STOPPED])
     decisions = [asha.on_trial_result(None, trials[BEST], r) for r in stream if r != "fit"]
@@ -148,7 +160,8 @@ def test_a_trial_whose_last_fid_the_killed_driver_lost_reports_it_on_resume(tmp_
     assert by_id[STOPPED].status == STOPPED_EARLY
 
 
-def test_a_lost_first_fid_reaches_the_first_rung_and_nothing_past_the_resume_point_is_reported(tmp_path, space):
+def test_a_lost_first_fid_reaches_the_first_rung_and_nothing_past_the_resume_point_is_reported(
+        tmp_path, monkeypatch, space):
     sweep_dir = tmp_path / "sweep"
     cfg = trial_job(space, {"optim.lr": 2.0e-4}, str(sweep_dir), BEST)
     run = run_dir(cfg)
@@ -156,9 +169,13 @@ def test_a_lost_first_fid_reaches_the_first_rung_and_nothing_past_the_resume_poi
     write_checkpoint(run, first)
     write_checkpoint(run, second, complete=False)   # cut short by the kill: the run resumes from step 4
     # no result.json at all: the driver died before it first saved the sweep
-    assert lost_results(cfg, str(sweep_dir), BEST) == [first]
+    assert lost_results(cfg, str(sweep_dir), BEST) == (0, [{**first, "training_iteration": 1}])
+    # the run then measures epoch 2 again: Tune's iteration count follows on (it would restart at 1)
+    interval = {"step": 6, "epoch": 1.5, "loss_g_total": 3.0}   # a report without FID: not forwarded
+    stream = resumed_trial_stream(monkeypatch, space, sweep_dir, BEST, 2.0e-4, [interval, second])
+    assert stream == [{**first, "training_iteration": 1}, "fit", {**second, "training_iteration": 2}]
     save_tune_record(sweep_dir, BEST, [first])
-    assert lost_results(cfg, str(sweep_dir), BEST) == []   # what Tune has is never reported twice
+    assert lost_results(cfg, str(sweep_dir), BEST) == (1, [])   # what Tune has is never reported twice
 
 
 def test_a_replayed_rung_does_not_judge_its_trial_again(tmp_path, space):
@@ -191,7 +208,7 @@ def test_a_resumed_trial_goes_on_from_the_fullest_record_in_both_places(tmp_path
     for name in (RESULT_FILE, PROGRESS_FILE):
         assert (staging / f"trial_{BEST}" / name).read_bytes() == (sweep_dir / f"trial_{BEST}" / name).read_bytes()
     assert [r["step"] for r in record_of(tune_trial(sweep_dir, BEST, staging))] == [4]
-    assert lost_results(cfg, str(sweep_dir), BEST) == [second]
+    assert lost_results(cfg, str(sweep_dir), BEST) == (1, [{**second, "training_iteration": 2}])
 
     save_tune_record(staging, BEST, [first, second])   # the same session: the dead driver had logged step 8
     asha, trials = restored_asha(sweep_dir, [BEST], staging)
@@ -199,7 +216,7 @@ def test_a_resumed_trial_goes_on_from_the_fullest_record_in_both_places(tmp_path
     keep.on_trial_start(0, [], trials[BEST])
     assert (sweep_dir / f"trial_{BEST}" / RESULT_FILE).read_bytes() == \
         (staging / f"trial_{BEST}" / RESULT_FILE).read_bytes()
-    assert lost_results(cfg, str(sweep_dir), BEST) == []   # step 8 is in the record: not reported twice
+    assert lost_results(cfg, str(sweep_dir), BEST) == (2, [])   # step 8 is in the record: not reported twice
 
     new = tune_trial(sweep_dir, STOPPED, staging, reported=False)
     keep.on_trial_start(0, [], new)   # a trial starting for the first time: nothing to keep

@@ -57,11 +57,12 @@ def trial_job(space: Space, sampled: dict[str, Any], sweep_dir: str, trial_id: s
     return cfg
 
 
-def lost_results(cfg: JobConfig, sweep_dir: str, trial_id: str) -> list[dict[str, Any]]:
-    """The FID results of a trial's Ray Train run that the sweep has not recorded, oldest first: one per FID
-    checkpoint in the run directory after the last step in the trial's ``result.json`` (the sweep's record,
-    ``cutdist.tune.records``) and up to the newest complete checkpoint (the one the run resumes from), each as
-    the trainer reported it.
+def lost_results(cfg: JobConfig, sweep_dir: str, trial_id: str) -> tuple[int, list[dict[str, Any]]]:
+    """How many FID results the sweep has recorded for a trial, and those of its Ray Train run that it has not,
+    oldest first: one per FID checkpoint in the run directory after the last step in the trial's
+    ``result.json`` (the sweep's record, ``cutdist.tune.records``) and up to the newest complete checkpoint (the
+    one the run resumes from), each as the trainer reported it, numbered (``training_iteration``) after the
+    recorded ones.
 
     A result reaches the sweep's record only once the driver has logged it: a report still on its way from the
     trial's run (from the Ray Train controller through the trial's actor) dies with a killed driver, and so does
@@ -74,6 +75,7 @@ def lost_results(cfg: JobConfig, sweep_dir: str, trial_id: str) -> list[dict[str
     they would have."""
     import pyarrow.fs as pafs
     from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+    from ray.tune.result import TRAINING_ITERATION
 
     from cutdist import storage
     from cutdist.train.checkpoint import (METRICS_FILE, MODEL_FILE, TRAIN_STATE_FILE, checkpoint_step,
@@ -82,7 +84,7 @@ def lost_results(cfg: JobConfig, sweep_dir: str, trial_id: str) -> list[dict[str
     from cutdist.tune.records import stored_results
     from cutdist.tune.results import TRIAL_DIR_PREFIX
 
-    recorded = stored_results(storage.join(sweep_dir, f"{TRIAL_DIR_PREFIX}{trial_id}"))
+    recorded = [r for r in stored_results(storage.join(sweep_dir, f"{TRIAL_DIR_PREFIX}{trial_id}")) if "fid" in r]
     last = max((r["step"] for r in recorded if isinstance(r.get("step"), (int, float))), default=-1)
     fs, run_path = storage.filesystem(run_dir(cfg))
 
@@ -100,24 +102,35 @@ def lost_results(cfg: JobConfig, sweep_dir: str, trial_id: str) -> list[dict[str
         if "fid" in metrics:   # what FidReportCallback forwards
             candidates.append((step, info.path, metrics))
     if not candidates:
-        return []
+        return len(recorded), []
     newest = newest_complete_checkpoint(fs, run_path)
     newest_step = checkpoint_step(newest[1].rstrip("/").rsplit("/", 1)[-1]) if newest else -1
-    return [{**metrics, CHECKPOINT_PATH_KEY: path} for step, path, metrics in sorted(candidates)
+    lost = [{**metrics, CHECKPOINT_PATH_KEY: path} for step, path, metrics in sorted(candidates)
             if step <= newest_step]
+    return len(recorded), [{**r, TRAINING_ITERATION: len(recorded) + i + 1} for i, r in enumerate(lost)]
 
 
-def make_fid_report_callback():
+def make_fid_report_callback(reported_before: int = 0):
     """A ``TuneReportCallback`` that forwards only the reports carrying an FID (one Tune result per evaluation),
-    so the scheduler sees the metric in every result and ``training_iteration`` counts evaluations."""
+    so the scheduler sees the metric in every result and ``training_iteration`` counts evaluations: numbered
+    after the ``reported_before`` ones the sweep has recorded (Tune counts a resumed trial's results from 1 again,
+    having no Tune checkpoint of it, which would put ASHA with ``time_attr: training_iteration`` on the wrong
+    rungs)."""
     from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.tune.result import TRAINING_ITERATION
 
     class FidReportCallback(TuneReportCallback):
+        def __init__(self, reported: int) -> None:
+            super().__init__()
+            self.reported = reported
+
         def after_report(self, run_context, metrics, checkpoint):
             if metrics and "fid" in metrics[0]:
+                self.reported += 1
+                metrics = [{**metrics[0], TRAINING_ITERATION: self.reported}, *metrics[1:]]
                 super().after_report(run_context, metrics, checkpoint)
 
-    return FidReportCallback()
+    return FidReportCallback(reported_before)
 
 
 def run_trial(sampled: dict[str, Any], *, space: Space, sweep_dir: str) -> None:
@@ -133,12 +146,13 @@ def run_trial(sampled: dict[str, Any], *, space: Space, sweep_dir: str) -> None:
 
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = trial_job(space, sampled, sweep_dir, trial_id)
-    for result in lost_results(cfg, sweep_dir, trial_id):   # the scheduler may stop the trial on one of them
+    recorded, lost = lost_results(cfg, sweep_dir, trial_id)
+    for result in lost:   # the scheduler may stop the trial on one of them
         say(f"[cutdist.tune] trial {trial_id}: reporting again the FID {result['fid']:.4f} at step "
             f"{result.get('step')} (checkpoint {result['checkpoint_path']}): the sweep's record lacks it (its "
             "driver died before logging it)")
         ray.tune.report(result)
     splits = resolve_splits(cfg.data)
-    callbacks = [make_fid_report_callback(), RecordPlacementGroup(f"{run_dir(cfg)}/{PG_FILE}")]
+    callbacks = [make_fid_report_callback(recorded + len(lost)), RecordPlacementGroup(f"{run_dir(cfg)}/{PG_FILE}")]
     trainer = build_trainer(cfg, splits, resume_from=resolve_resume(cfg), callbacks=callbacks)
     trainer.fit()   # raises ray.train.TrainingFailedError when the run fails
