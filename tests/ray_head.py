@@ -70,7 +70,9 @@ def stop_process(proc: subprocess.Popen, *, grace_s: float, group: bool = False)
 
 
 @contextlib.contextmanager
-def ray_head(prefix: str, *, num_cpus: int = 2, worker_ports: tuple[int, int] = (20000, 60000)) -> Iterator[Head]:
+def ray_head(prefix: str, *, num_cpus: int = 2, worker_ports: tuple[int, int] = (20000, 60000),
+             system_env: dict[str, str] | None = None) -> Iterator[Head]:
+    """``system_env``: Ray system settings for the head (``RAY_<name>`` environment variables of ``ray start``)."""
     temp_dir = tempfile.mkdtemp(prefix=prefix, dir="/tmp")   # short: Ray's socket paths live under it
     components = free_ports(9)
     gcs, node_mgr, obj_mgr, client, dash, agent_listen, agent_grpc, runtime_env, metrics = components
@@ -84,7 +86,7 @@ def ray_head(prefix: str, *, num_cpus: int = 2, worker_ports: tuple[int, int] = 
            f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
            f"--metrics-export-port={metrics}", f"--num-cpus={num_cpus}", "--num-gpus=0", f"--temp-dir={temp_dir}",
            "--disable-usage-stats"]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", **(system_env or {})}
     env.pop("RAY_ADDRESS", None)
     with log.open("w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -124,13 +124,18 @@ def test_ray_job_submit_sincut_smoke(head, tmp_path):
 def test_deepspeed_zero1_survives_a_killed_worker_and_resumes_exactly(connected, shards, tmp_path):
     """2 DeepSpeed ZeRO-1 workers (gloo); one SIGKILLed after checkpoint 8 and a few more steps. Ray restarts
     the group (max_failures=1), every worker resumes from the last checkpoint, and the steps done twice give
-    bit-identical losses (exact resume through the consolidated optimizer state)."""
+    bit-identical losses (exact resume through the consolidated optimizer state).
+
+    The moment of the kill is chosen with both workers SIGSTOPped, so what the test saw (steps logged, newest
+    complete checkpoint) is what the run had: an idle machine trains the 16 steps faster than a poll of the run
+    directory catches a step past a checkpoint (seen: the run ended before the kill)."""
+    import pyarrow.fs
     from ray.util.state import list_actors
 
     from cutdist.data import resolve_splits
     from cutdist.train.launcher import build_trainer
     from cutdist.train.loop import run_local
-    from cutdist.train.checkpoint import load_train_state
+    from cutdist.train.checkpoint import checkpoint_step, load_train_state, newest_complete_checkpoint
 
     every = 4
     cfg = job_config(shards, tmp_path, name="ds_kill", **{
@@ -152,18 +157,39 @@ def test_deepspeed_zero1_survives_a_killed_worker_and_resumes_exactly(connected,
     thread.start()
     run = tmp_path / "ds_kill"
     deadline = time.time() + 300
-    # checkpoint 8 persisted AND registered by Ray, and a step past a checkpoint, so some are done twice
+
     def logged() -> int:
         return max([m["step"] for m in read_metrics_if_any(run)] or [0])
-    while latest_registered(run) < 8 or logged() < 9 or logged() % every != 1:
-        assert thread.is_alive(), f"training ended before the kill: {outcome}"
-        assert time.time() < deadline, "no checkpoint at step 8 within 300 s"
-        time.sleep(0.02)
-    before_kill = latest_registered(run)
+
+    def newest_complete() -> int:
+        found = newest_complete_checkpoint(pyarrow.fs.LocalFileSystem(), str(run))
+        return checkpoint_step(Path(found[1]).name) if found else 0
+
+    def signal_all(pids, sig) -> None:
+        for pid in pids:
+            os.kill(pid, sig)
+
+    while logged() < 1:
+        assert thread.is_alive(), f"training ended before it logged a step: {outcome}"
+        assert time.time() < deadline, "no step logged within 300 s"
+        time.sleep(0.1)
     workers = list_actors(address=connected.dashboard,
                           filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     assert len(workers) == 2, workers
-    os.kill(workers[-1].pid, signal.SIGKILL)
+    pids = [w.pid for w in workers]
+    # checkpoint 8 complete in the run directory and a step past the newest checkpoint, so some are done twice
+    while True:
+        assert thread.is_alive(), f"training ended before the kill: {outcome}"
+        assert time.time() < deadline, "no checkpoint at step 8 within 300 s"
+        if logged() >= 9 and newest_complete() >= 8:
+            signal_all(pids, signal.SIGSTOP)
+            before_kill = newest_complete()
+            if logged() > before_kill:
+                break
+            signal_all(pids, signal.SIGCONT)   # stopped right at a checkpoint: a few steps more
+        time.sleep(0.02)
+    os.kill(pids[-1], signal.SIGKILL)
+    signal_all(pids[:-1], signal.SIGCONT)   # the other one meets the lost peer at its next collective
 
     thread.join(timeout=400)
     assert not thread.is_alive(), "training did not finish after the kill"
@@ -176,7 +202,7 @@ def test_deepspeed_zero1_survives_a_killed_worker_and_resumes_exactly(connected,
     steps = [m["step"] for m in lines]
     restart = next(i for i in range(1, len(lines)) if lines[i]["resumed_from_step"] != lines[0]["resumed_from_step"])
     resumed_from = lines[restart]["resumed_from_step"]
-    # from the newest complete checkpoint: Ray's registered one, or a newer one already in the run directory
+    # from the newest complete checkpoint in the run directory (registered by Ray or not)
     assert resumed_from % every == 0 and before_kill <= resumed_from <= max(steps[:restart]), steps
     assert steps[restart] == resumed_from + 1, steps
     assert max(steps[:restart]) - resumed_from <= every, steps             # at most one interval redone
@@ -207,12 +233,3 @@ def read_metrics_if_any(run: Path) -> list[dict]:
         return read_metrics(run)
     except (OSError, ValueError):
         return []
-
-
-def latest_registered(run: Path) -> int:
-    """Step of the latest checkpoint in Ray's snapshot of the run (-1 when none yet)."""
-    try:
-        snapshot = json.loads((run / "checkpoint_manager_snapshot.json").read_text())
-        return int(snapshot["latest_checkpoint_result"]["checkpoint_dir_name"].split("_")[1])
-    except (OSError, ValueError, KeyError, TypeError):
-        return -1
