@@ -183,20 +183,35 @@ def checkpoint_step(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def checkpoints_in(fs, run_path: str) -> list[tuple[int, str]]:
+    """``(step, path)`` of every ``checkpoint_<step>`` directory under a run directory on any pyarrow file
+    system, oldest first, complete or not ([] when the run directory does not exist)."""
+    import pyarrow.fs as pafs
+
+    found = []
+    for info in fs.get_file_info(pafs.FileSelector(run_path, allow_not_found=True, recursive=False)):
+        step = checkpoint_step(info.base_name) if info.type == pafs.FileType.Directory else None
+        if step is not None:
+            found.append((step, info.path))
+    return sorted(found)
+
+
+def read_metrics_in(fs, ckpt_path: str) -> dict[str, Any]:
+    """``read_metrics`` on any pyarrow file system: a checkpoint's metrics.json ({} when absent or unreadable)."""
+    try:
+        with fs.open_input_stream(f"{ckpt_path}/{METRICS_FILE}") as src:
+            metrics = json.loads(src.read().decode())
+    except (OSError, ValueError):
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
+
+
 def newest_complete_checkpoint(fs, run_path: str, *, known: str | None = None):
     """``(filesystem, path)`` of the newest checkpoint under a run directory on any pyarrow file system that
     is complete (both ``.pt`` files there and loadable); ``known`` (a checkpoint path Ray restored) counts as
     complete. None when there is none. A checkpoint cut short by a lost node is passed over."""
-    import pyarrow.fs as pafs
-
-    selector = pafs.FileSelector(run_path, allow_not_found=True, recursive=False)
-    found = []
-    for info in fs.get_file_info(selector):
-        step = checkpoint_step(info.base_name) if info.type == pafs.FileType.Directory else None
-        if step is not None:
-            found.append((step, info.path))
     known_step = checkpoint_step(Path(known).name) if known else None
-    for step, path in sorted(found, reverse=True):
+    for step, path in reversed(checkpoints_in(fs, run_path)):
         if known_step is not None and step <= known_step:
             break
         with tempfile.TemporaryDirectory(prefix="cutdist_probe_") as tmp:
@@ -224,14 +239,8 @@ def run_end(result) -> tuple[str | None, dict[str, Any]]:
     if found is None or found[1] == known:
         return known, dict(result.metrics or {})
     fs, path = found
-    try:
-        with fs.open_input_stream(f"{path}/{METRICS_FILE}") as src:
-            metrics = json.loads(src.read().decode())
-    except (OSError, ValueError):
-        metrics = {}
-    if not isinstance(metrics, dict) or not metrics:   # metrics.json is optional: the step, from the name
-        metrics = {"step": checkpoint_step(Path(path).name)}
-    return path, metrics
+    # metrics.json is optional: else the step, from the name
+    return path, read_metrics_in(fs, path) or {"step": checkpoint_step(Path(path).name)}
 
 
 def best_checkpoint_of_run(run_dir: str | Path) -> tuple[Path, str] | None:

@@ -20,8 +20,8 @@ many trials the cluster can hold at once.
 """
 from __future__ import annotations
 
-import json
 import math
+from pathlib import Path
 from typing import Any
 
 from cutdist.config import JobConfig, worker_range
@@ -78,8 +78,8 @@ def lost_results(cfg: JobConfig, sweep_dir: str, trial_id: str) -> tuple[int, li
     from ray.tune.result import TRAINING_ITERATION
 
     from cutdist import storage
-    from cutdist.train.checkpoint import (METRICS_FILE, MODEL_FILE, TRAIN_STATE_FILE, checkpoint_step,
-                                          newest_complete_checkpoint)
+    from cutdist.train.checkpoint import (MODEL_FILE, TRAIN_STATE_FILE, checkpoint_step, checkpoints_in,
+                                          newest_complete_checkpoint, read_metrics_in)
     from cutdist.train.launcher import run_dir
     from cutdist.tune.records import stored_results
     from cutdist.tune.results import TRIAL_DIR_PREFIX
@@ -92,21 +92,17 @@ def lost_results(cfg: JobConfig, sweep_dir: str, trial_id: str) -> tuple[int, li
         return fs.get_file_info(path).type != pafs.FileType.NotFound
 
     candidates = []
-    for info in fs.get_file_info(pafs.FileSelector(run_path, allow_not_found=True)):
-        step = checkpoint_step(info.base_name) if info.type == pafs.FileType.Directory else None
-        if step is None or step <= last or not all(exists(f"{info.path}/{name}") for name in
-                                                   (MODEL_FILE, TRAIN_STATE_FILE, METRICS_FILE)):
+    for step, path in checkpoints_in(fs, run_path):
+        if step <= last or not all(exists(f"{path}/{name}") for name in (MODEL_FILE, TRAIN_STATE_FILE)):
             continue
-        with fs.open_input_stream(f"{info.path}/{METRICS_FILE}") as stream:
-            metrics = json.loads(stream.read())
+        metrics = read_metrics_in(fs, path)
         if "fid" in metrics:   # what FidReportCallback forwards
-            candidates.append((step, info.path, metrics))
+            candidates.append((step, path, metrics))
     if not candidates:
         return len(recorded), []
     newest = newest_complete_checkpoint(fs, run_path)
-    newest_step = checkpoint_step(newest[1].rstrip("/").rsplit("/", 1)[-1]) if newest else -1
-    lost = [{**metrics, CHECKPOINT_PATH_KEY: path} for step, path, metrics in sorted(candidates)
-            if step <= newest_step]
+    newest_step = checkpoint_step(Path(newest[1]).name) if newest else -1
+    lost = [{**metrics, CHECKPOINT_PATH_KEY: path} for step, path, metrics in candidates if step <= newest_step]
     return len(recorded), [{**r, TRAINING_ITERATION: len(recorded) + i + 1} for i, r in enumerate(lost)]
 
 
