@@ -86,7 +86,7 @@ def test_a_run_reports_kid_and_its_best_and_translate_takes_the_best(tmp_path, o
     import pyarrow.fs
     from types import SimpleNamespace
 
-    from cutdist.train.checkpoint import best_checkpoint, run_end
+    from cutdist.train.checkpoint import best_checkpoint, kept_checkpoints, run_end
 
     (run / "checkpoint_000000024").mkdir()
     (run / "checkpoint_000000024" / "model.pt").write_bytes((run / "checkpoint_000000016" / "model.pt").read_bytes())
@@ -98,7 +98,9 @@ def test_a_run_reports_kid_and_its_best_and_translate_takes_the_best(tmp_path, o
                                best_checkpoints=[(SimpleNamespace(path=known), read_metrics(known))])
     latest, metrics = run_end(ray_result(eight))
     assert latest == str(run / "checkpoint_000000016") and metrics == restored
-    assert best_checkpoint(ray_result(eight), also=(latest, metrics))[0] == str(run / f"checkpoint_{best['step']:09d}")
+    kept = kept_checkpoints(ray_result(eight), (latest, metrics))
+    assert [path for path, _ in kept] == [eight, latest]
+    assert best_checkpoint(kept)[0] == str(run / f"checkpoint_{best['step']:09d}")
     assert run_end(ray_result(latest)) == (latest, restored)   # Ray's is the newest: as it is
     summary = build_summary(metrics, run_dir=str(run), kept=[eight, latest], latest=latest, batch_size=1,
                             wall_s=1.0)

@@ -122,11 +122,12 @@ def paired_quality_at_init(cfg: config_mod.JobConfig, splits) -> dict | None:
 
 
 def print_summary(cfg, result, launcher, *, before, splits, is_demo: bool) -> None:
-    from cutdist.train.checkpoint import best_checkpoint, run_end
+    from cutdist.train.checkpoint import best_checkpoint, kept_checkpoints, run_end
     from cutdist.train.demo import paired_quality_of_checkpoint
 
     latest, final = run_end(result)
-    best, best_metrics = best_checkpoint(result, also=(latest, final))
+    kept = kept_checkpoints(result, (latest, final))
+    best, best_metrics = best_checkpoint(kept)
     logs = launcher.logs_mirror(cfg) or launcher.logs_dir(cfg)
     remote = launcher.logs_mirror(cfg) is not None
     print("\n[cutdist.train] done")
@@ -147,19 +148,16 @@ def print_summary(cfg, result, launcher, *, before, splits, is_demo: bool) -> No
         print("  paired quality vs testGT (lowfreq_l1: lower is better; stripe_energy_ratio: 1 = as striped as GT)")
         for label, q in (("input A (no-op)", before["identity"]), ("G at init", before["g"]), ("trained G", after)):
             print(f"    {label:<16} lowfreq_l1 {q['lowfreq_l1']:.4f}  stripe_energy_ratio {q['stripe_energy_ratio']:.3f}")
-    write_run_summary(cfg, result, launcher, latest, final)
+    write_run_summary(cfg, launcher, latest, final, [path for path, _ in kept])
 
 
-def write_run_summary(cfg, result, launcher, latest: str | None, final: dict) -> None:
+def write_run_summary(cfg, launcher, latest: str | None, final: dict, kept: list[str]) -> None:
     """summary.json in the run directory (rank 0's log directory when the run directory is remote) and the
     last console lines: best FID and KID, their epochs and checkpoints, the final ones, images seen, wall time."""
     from cutdist.schedule import per_rank_batch
     from cutdist.train.summary import build_summary, summary_lines, write_summary
 
     run_dir = launcher.run_dir(cfg)
-    kept = [c.path for c, _ in (result.best_checkpoints or [])]
-    if latest and latest not in kept:   # newer than Ray's last registered one (run_end)
-        kept.append(latest)
     summary = build_summary(final, run_dir=run_dir, kept=kept, latest=latest,
                             batch_size=per_rank_batch(cfg, int(final.get("world_size", 1))),
                             wall_s=time.time() - STARTED_AT)

@@ -406,14 +406,19 @@ def resolve_resume(cfg: JobConfig) -> str:
     return ckpt
 
 
-def best_checkpoint(result: Any, also: tuple[str | None, dict[str, Any]] | None = None
-                    ) -> tuple[str | None, dict | None]:
-    """The kept checkpoint of a Ray Train result with the lowest measured FID (None when none was evaluated);
-    ``also``: one more (path, metrics) to consider (``run_end``'s, when Ray never registered it)."""
-    candidates = [(c.path, m) for c, m in (result.best_checkpoints or [])]
-    if also is not None and also[0] and also[0] not in {path for path, _ in candidates}:
-        candidates.append(also)
-    scored = [(m[SCORE_KEY], path, m) for path, m in candidates
+def kept_checkpoints(result: Any, end: tuple[str | None, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """``(path, metrics)`` of a finished run's kept checkpoints: Ray Train's, and ``end`` (``run_end``'s) when Ray
+    never registered it."""
+    kept = [(c.path, m) for c, m in (result.best_checkpoints or [])]
+    if end[0] and end[0] not in {path for path, _ in kept}:
+        kept.append(end)
+    return kept
+
+
+def best_checkpoint(kept: list[tuple[str, dict[str, Any]]]) -> tuple[str | None, dict | None]:
+    """The checkpoint among ``kept`` (``kept_checkpoints``) with the lowest measured FID (None when none was
+    evaluated)."""
+    scored = [(m[SCORE_KEY], path, m) for path, m in kept
               if isinstance(m.get(SCORE_KEY), (int, float)) and math.isfinite(m[SCORE_KEY])]
     if not scored:
         return None, None
